@@ -1,0 +1,247 @@
+"""The frozen CLIP that TCL grounds text in, built through open_clip.
+
+What TCL needs from CLIP (paper Sec. 3.2, App. B; the official code's facts):
+- dense features: the tokens after the second-to-last block of the image tower, at any input
+  size (positional embeddings are interpolated, so 448 windows and non-square inputs work);
+- the last block run with *self-only attention* (every token attends only to itself, which is
+  exactly the value path: out_proj(v_proj(ln_1(x))); residual and MLP kept) -- MaskCLIP's dense
+  features, used by the knowledge-preservation branch and copied into the grounder;
+- the ordinary global image embedding (to re-encode masked images for the image-level loss);
+- text embeddings averaged over prompt templates.
+
+All CLIP weights are frozen (requires_grad=False), but nothing here runs under no_grad: the
+image-level loss needs gradients to flow *through* the frozen image encoder into the mask.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import OrderedDict
+from typing import Callable, Sequence
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+from torch import nn
+
+# The official TCL evaluation's "custom" template set: seven ImageNet templates plus two plurals.
+PROMPT_TEMPLATES: tuple[str, ...] = (
+    "itap of a {}.",
+    "a bad photo of a {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+    "a photo of many {}.",
+    "a photo of {}s.",
+)
+
+
+@dataclasses.dataclass
+class CLIPConfig:
+    """Where the frozen CLIP comes from.
+
+    `model_name` is an open_clip ViT name (`ViT-B-16`, ...). `pretrained` is an open_clip tag
+    (`openai`, `laion2b_s34b_b88k`, ...: downloaded from the hub where there is internet) or a
+    local checkpoint file. `model_cfg` gives the architecture explicitly (open_clip's config
+    dict: embed_dim, vision_cfg, text_cfg), for models open_clip does not know by name, such as
+    the project's tiny CLIPs; `model_name` is then only a display name.
+    """
+
+    model_name: str = "ViT-B-16"
+    pretrained: str | None = "openai"
+    model_cfg: dict | None = None
+
+
+def pretrained_is_file(pretrained: str | None) -> bool:
+    return bool(pretrained) and (os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")))
+
+
+def create_open_clip(config: CLIPConfig) -> nn.Module:
+    """Build the open_clip model with its weights, or fail with an error that says why."""
+    if config.pretrained and pretrained_is_file(config.pretrained) and not os.path.isfile(config.pretrained):
+        raise FileNotFoundError(f"CLIP checkpoint file not found: {config.pretrained}")
+    if config.model_cfg is not None:
+        model = open_clip.CLIP(**config.model_cfg)
+        if config.pretrained:
+            if not pretrained_is_file(config.pretrained):
+                raise ValueError(
+                    f"pretrained={config.pretrained!r}: with an explicit model_cfg, pretrained must be a "
+                    "checkpoint file (tags only exist for open_clip's named models)"
+                )
+            open_clip.load_checkpoint(model, config.pretrained)
+    else:
+        if config.model_name not in open_clip.list_models():
+            raise ValueError(
+                f"unknown open_clip model {config.model_name!r}; ViT names include "
+                f"{[m for m in open_clip.list_models() if m.startswith('ViT-B')][:6]} "
+                "(see open_clip.list_models()), or give model_cfg for a custom architecture"
+            )
+        model = open_clip.create_model(config.model_name, pretrained=config.pretrained or None)
+    if not isinstance(getattr(model, "visual", None), VisionTransformer):
+        raise ValueError(f"{config.model_name}: TCL needs a ViT image tower, got {type(model.visual).__name__}")
+    blocks = model.visual.transformer.resblocks
+    if not all(isinstance(b, ResidualAttentionBlock) for b in blocks) or len(blocks) < 2:
+        raise ValueError(f"{config.model_name}: needs at least two standard open_clip attention blocks")
+    if model.visual.attn_pool is not None:
+        raise ValueError(f"{config.model_name}: attention-pooled image towers are not supported")
+    return model
+
+
+def interpolate_positional_embedding(pos_embed: torch.Tensor, source_grid: tuple[int, int], target_grid: tuple[int, int]) -> torch.Tensor:
+    """Bicubic resize of the patch positional embeddings; the class token's is kept. [1+h*w, D]."""
+    if tuple(source_grid) == tuple(target_grid):
+        return pos_embed
+    cls_pos, grid_pos = pos_embed[:1], pos_embed[1:]
+    grid_pos = grid_pos.reshape(1, source_grid[0], source_grid[1], -1).permute(0, 3, 1, 2)
+    grid_pos = F.interpolate(grid_pos.float(), size=target_grid, mode="bicubic", align_corners=False)
+    grid_pos = grid_pos.permute(0, 2, 3, 1).reshape(target_grid[0] * target_grid[1], -1).to(pos_embed.dtype)
+    return torch.cat([cls_pos, grid_pos], dim=0)
+
+
+def self_only_attention_block(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor:
+    """Run an open_clip block with every token attending only to itself. x: [B, L, D].
+
+    Softmax over a single key is 1, so attention reduces to the value projection followed by the
+    output projection; computing that directly is exact and avoids the L x L attention matrix.
+    """
+    attn = block.attn
+    width = x.shape[-1]
+    value = F.linear(block.ln_1(x), attn.in_proj_weight[2 * width:], attn.in_proj_bias[2 * width:])
+    x = x + block.ls_1(attn.out_proj(value))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+class FrozenCLIP(nn.Module):
+    """open_clip CLIP with frozen weights and the feature taps TCL needs."""
+
+    def __init__(self, config: CLIPConfig):
+        super().__init__()
+        self.config = config
+        self.model = create_open_clip(config)
+        self.model.requires_grad_(False)
+        self.model.eval()
+        visual = self.model.visual
+        self.visual = visual
+        self.patch_size: int = visual.patch_size[0]
+        self.width: int = visual.transformer.width
+        self.embed_dim: int = visual.output_dim
+        self.tokenizer = self._make_tokenizer()
+
+    def _make_tokenizer(self) -> Callable[[Sequence[str]], torch.Tensor]:
+        context_length = self.model.context_length
+        if self.config.model_cfg is not None:
+            return open_clip.SimpleTokenizer(context_length=context_length)
+        return open_clip.get_tokenizer(self.config.model_name, context_length=context_length)
+
+    def train(self, mode: bool = True) -> "FrozenCLIP":
+        # Frozen means frozen: dropout and the like stay in eval mode whatever the parent does.
+        return super().train(False)
+
+    @property
+    def last_block(self) -> ResidualAttentionBlock:
+        return self.visual.transformer.resblocks[-1]
+
+    def _batch_first(self, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        if self.visual.transformer.batch_first:
+            return fn(x)
+        return fn(x.transpose(0, 1)).transpose(0, 1)
+
+    def embed_patches(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Patch + class tokens with interpolated positions, before the blocks. [B, 1+h*w, D]."""
+        if images.shape[-1] % self.patch_size or images.shape[-2] % self.patch_size:
+            raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of the patch size {self.patch_size}")
+        visual = self.visual
+        x = visual.conv1(images.to(visual.conv1.weight.dtype))  # [B, D, h, w]
+        grid = (x.shape[-2], x.shape[-1])
+        x = x.flatten(2).transpose(1, 2)
+        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1)
+        x = x + interpolate_positional_embedding(visual.positional_embedding, visual.grid_size, grid).to(x.dtype)
+        return visual.ln_pre(x), grid
+
+    def _run_blocks(self, x: torch.Tensor, blocks: Sequence[nn.Module]) -> torch.Tensor:
+        def run(t: torch.Tensor) -> torch.Tensor:
+            for block in blocks:
+                t = block(t)
+            return t
+        return self._batch_first(x, run)
+
+    def penultimate_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Output of the second-to-last block: the grounder's input. [B, 1+h*w, D] and the grid (h, w)."""
+        x, grid = self.embed_patches(images)
+        return self._run_blocks(x, self.visual.transformer.resblocks[:-1]), grid
+
+    def dense_embedding(self, penultimate: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """MaskCLIP dense embedding: last block with self-only attention, ln_post, proj. [B, C, h, w]."""
+        x = self._batch_first(penultimate, lambda t: self_only_attention_block(self.last_block, t))
+        x = project_tokens(x[:, 1:], self.visual.ln_post, self.visual.proj)
+        return x.transpose(1, 2).reshape(x.shape[0], -1, *grid)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Ordinary global image embedding (any input size), un-normalised. [B, C]."""
+        x, _ = self.embed_patches(images)
+        x = self._run_blocks(x, self.visual.transformer.resblocks)
+        pooled, _ = self.visual._pool(x)
+        return pooled @ self.visual.proj if self.visual.proj is not None else pooled
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.tokenizer(list(texts))
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Un-normalised text embeddings. [N, C]."""
+        return self.model.encode_text(tokens)
+
+    @torch.no_grad()
+    def prompted_text_embedding(self, texts: Sequence[str], templates: Sequence[str] = PROMPT_TEMPLATES) -> torch.Tensor:
+        """Each text put in every template, embeddings averaged un-normalised, then L2-normalised. [N, C]."""
+        device = self.visual.conv1.weight.device
+        prompts = [template.format(text) for text in texts for template in templates]
+        tokens = self.tokenize(prompts).to(device)
+        embeddings = torch.cat([self.encode_text(chunk) for chunk in tokens.split(1024)])
+        embeddings = embeddings.float().reshape(len(texts), len(templates), -1).mean(dim=1)
+        return F.normalize(embeddings, dim=-1)
+
+
+def project_tokens(tokens: torch.Tensor, layer_norm: nn.Module, proj: torch.Tensor | None) -> torch.Tensor:
+    """CLIP's final LayerNorm and projection applied to every token. [B, L, D] -> [B, L, C]."""
+    tokens = layer_norm(tokens)
+    return tokens @ proj if proj is not None else tokens
+
+
+class TextEmbeddingCache:
+    """LRU cache of prompted text embeddings, one entry per text, so repeated class lists and
+    repeated texts across requests cost nothing after their first use."""
+
+    def __init__(self, clip: FrozenCLIP, max_entries: int = 4096):
+        self.clip = clip
+        self.max_entries = max_entries
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.misses = 0
+
+    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        if missing:
+            self.misses += len(missing)
+            for text, embedding in zip(missing, self.clip.prompted_text_embedding(missing)):
+                self._cache[text] = embedding
+        for text in texts:
+            self._cache.move_to_end(text)
+        embeddings = torch.stack([self._cache[t] for t in texts])
+        while len(self._cache) > self.max_entries:
+            self._cache.popitem(last=False)
+        return embeddings
+
+
+def tiny_model_cfg(
+    image_size: int = 64, patch_size: int = 8, width: int = 64, layers: int = 4, heads: int = 4,
+    embed_dim: int = 64, context_length: int = 32, text_width: int = 64, text_layers: int = 2,
+) -> dict:
+    """open_clip architecture dict for a small ViT CLIP (tests, the synthetic world, CPU demos)."""
+    return {
+        "embed_dim": embed_dim,
+        "vision_cfg": {"image_size": image_size, "patch_size": patch_size, "width": width, "layers": layers, "head_width": width // heads},
+        "text_cfg": {"context_length": context_length, "vocab_size": 49408, "width": text_width, "heads": heads, "layers": text_layers},
+    }

@@ -1,0 +1,204 @@
+"""Segmenter: images + free-form texts -> per-pixel labels and probabilities. The one inference
+API that evaluation, serving and batch segmentation call.
+
+The protocol follows the official TCL evaluation: resize so the short side is 448 (long side at
+most 2048, aspect kept), slide a 448 window with stride 224, average the windows' mask scores,
+resize back to the original size, optionally add a constant background score (0.4 with PAMR),
+then argmax (Eq. 13). Windows of all images in a call are batched together.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from tcl.clip import TextEmbeddingCache
+from tcl.model import Grounder
+from tcl.pamr import PAMR
+
+ImageLike = Union[Image.Image, np.ndarray]
+
+
+@dataclasses.dataclass
+class SegmenterConfig:
+    short_side: int = 448
+    max_long_side: int = 2048
+    window: int = 448
+    stride: int = 224
+    background_threshold: float | None = 0.4  # None: every pixel gets one of the texts
+    pamr: bool = True
+    pamr_iterations: int = 10
+    pamr_dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24)
+    kp_weight: float = 0.3  # 1.0 = the frozen-CLIP baseline (KP branch only)
+    windows_per_batch: int = 16
+    precision: str = "fp32"  # or "bf16" (autocast; GPU)
+
+
+@dataclasses.dataclass
+class Segmentation:
+    """labels [H, W] int64 indices into class_names; probabilities [K, H, W] float32 (K = len(class_names)).
+    With a background threshold, class 0 is "background" and text i is class i + 1."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+    class_names: list[str]
+
+
+def to_image_tensor(image: ImageLike) -> torch.Tensor:
+    """PIL RGB image or uint8 [H, W, 3] array -> float [3, H, W] in [0, 1]; clear errors otherwise."""
+    if isinstance(image, Image.Image):
+        if image.mode != "RGB":
+            raise ValueError(f"image mode is {image.mode!r}, expected 'RGB' (use image.convert('RGB'))")
+        array = np.asarray(image)
+    elif isinstance(image, np.ndarray):
+        array = image
+        if array.ndim != 3 or array.shape[2] != 3:
+            raise ValueError(f"image array has shape {array.shape}, expected [H, W, 3] RGB")
+    else:
+        raise TypeError(f"image must be a PIL image or a numpy array, got {type(image).__name__}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"image has zero size {array.shape[1]}x{array.shape[0]}")
+    tensor = torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1)  # PIL arrays are read-only
+    if array.dtype == np.uint8:
+        return tensor.float().div_(255.0)
+    if np.issubdtype(array.dtype, np.floating):
+        return tensor.float()
+    raise ValueError(f"image array dtype {array.dtype} not supported (uint8 or float in [0, 1])")
+
+
+def resized_shape(height: int, width: int, short_side: int, max_long_side: int) -> tuple[int, int]:
+    """mmcv's keep-ratio rescale: largest scale with short side <= short_side and long side <= max_long_side."""
+    scale = min(short_side / min(height, width), max_long_side / max(height, width))
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+
+
+def window_boxes(height: int, width: int, window: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """Sliding windows (y1, y2, x1, x2) covering the image; the last row/column is flush with the edge."""
+    def starts(size: int) -> list[tuple[int, int]]:
+        count = max(size - window + stride - 1, 0) // stride + 1
+        spans = []
+        for i in range(count):
+            end = min(i * stride + window, size)
+            spans.append((max(end - window, 0), end))
+        return spans
+
+    return [(y1, y2, x1, x2) for y1, y2 in starts(height) for x1, x2 in starts(width)]
+
+
+def centered_padding(height: int, width: int, multiple: int) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) zero padding up to a multiple of the patch size, split evenly."""
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    return pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2
+
+
+class Segmenter:
+    def __init__(self, grounder: Grounder, config: SegmenterConfig | None = None, device: str | torch.device | None = None):
+        self.config = config or SegmenterConfig()
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.grounder = grounder.to(self.device).eval()
+        self.text_embeddings = TextEmbeddingCache(self.grounder.clip)
+        self._pamr: dict[tuple, PAMR] = {}
+
+    @classmethod
+    def from_checkpoint(cls, path: str, device: str | torch.device | None = None, **overrides) -> "Segmenter":
+        from tcl.checkpoint import load_grounder
+
+        return cls(load_grounder(path), SegmenterConfig(**overrides), device=device)
+
+    def _refiner(self, config: SegmenterConfig) -> PAMR | None:
+        if not config.pamr:
+            return None
+        key = (config.pamr_iterations, tuple(config.pamr_dilations))
+        if key not in self._pamr:
+            self._pamr[key] = PAMR(*key).to(self.device)
+        return self._pamr[key]
+
+    @torch.no_grad()
+    def segment(
+        self, images: ImageLike | Sequence[ImageLike], texts: Sequence[str], *, with_probabilities: bool = True, **overrides
+    ) -> list[Segmentation]:
+        """Segment each image into the given texts (plus background where a threshold is set).
+        `overrides` replace SegmenterConfig fields for this call (e.g. pamr=False, background_threshold=None)."""
+        config = dataclasses.replace(self.config, **overrides) if overrides else self.config
+        if isinstance(images, (Image.Image, np.ndarray)):
+            images = [images]
+        texts = validate_texts(texts)
+        if not images:
+            return []
+        text_embedding = self.text_embeddings(texts).to(self.device)
+        scores = self.mask_scores([to_image_tensor(image) for image in images], text_embedding, config)
+        class_names = list(texts)
+        if config.background_threshold is not None:
+            class_names = ["background", *class_names]
+        results = []
+        for score in scores:
+            if config.background_threshold is not None:
+                background = torch.full_like(score[:1], config.background_threshold)
+                score = torch.cat([background, score])
+            labels = score.argmax(dim=0)
+            results.append(Segmentation(
+                labels=labels.cpu().numpy(),
+                probabilities=score.cpu().numpy() if with_probabilities else None,
+                class_names=class_names,
+            ))
+        return results
+
+    def mask_scores(self, images: list[torch.Tensor], text_embedding: torch.Tensor, config: SegmenterConfig) -> list[torch.Tensor]:
+        """Window-averaged mask scores at each image's original size. images: [3, H, W] in [0, 1] -> [N, H, W]."""
+        num_texts = text_embedding.shape[0]
+        resized = []
+        for image in images:
+            size = resized_shape(image.shape[1], image.shape[2], config.short_side, config.max_long_side)
+            image = image.to(self.device).unsqueeze(0)
+            image = F.interpolate(image, size=size, mode="bilinear", align_corners=False) if size != tuple(image.shape[-2:]) else image
+            resized.append(self.grounder.normalize(image)[0])
+        sums = [torch.zeros(num_texts, *im.shape[-2:], device=self.device) for im in resized]
+        counts = [torch.zeros(1, *im.shape[-2:], device=self.device) for im in resized]
+
+        # Group windows by padded shape so each batch is one tensor.
+        groups: dict[tuple[int, int], list[tuple[int, tuple[int, int, int, int], tuple[int, int, int, int]]]] = defaultdict(list)
+        for index, image in enumerate(resized):
+            for box in window_boxes(image.shape[1], image.shape[2], config.window, config.stride):
+                height, width = box[1] - box[0], box[3] - box[2]
+                pad = centered_padding(height, width, self.grounder.patch_size)
+                groups[(height + pad[2] + pad[3], width + pad[0] + pad[1])].append((index, box, pad))
+
+        refine = self._refiner(config)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+        for padded_shape, windows in groups.items():
+            for start in range(0, len(windows), config.windows_per_batch):
+                chunk = windows[start:start + config.windows_per_batch]
+                batch = torch.stack([
+                    F.pad(resized[i][:, y1:y2, x1:x2], pad) for i, (y1, y2, x1, x2), pad in chunk
+                ])
+                with autocast:
+                    masks = self.grounder.predict_masks(batch, text_embedding, config.kp_weight, refine)
+                masks = F.interpolate(masks.float(), size=padded_shape, mode="bilinear", align_corners=False)
+                for mask, (i, (y1, y2, x1, x2), (left, _, top, _)) in zip(masks, chunk):
+                    sums[i][:, y1:y2, x1:x2] += mask[:, top:top + y2 - y1, left:left + x2 - x1]
+                    counts[i][:, y1:y2, x1:x2] += 1
+
+        scores = []
+        for image, total, count in zip(images, sums, counts):
+            score = (total / count).unsqueeze(0)
+            if score.shape[-2:] != image.shape[-2:]:
+                score = F.interpolate(score, size=image.shape[-2:], mode="bilinear", align_corners=False)
+            scores.append(score[0])
+        return scores
+
+
+def validate_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of strings, not one string (did you mean [text]?)")
+    texts = list(texts)
+    if not texts:
+        raise ValueError("no texts given: segmentation needs at least one text to ground")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"text {i} is empty or not a string: {text!r}")
+    return texts
