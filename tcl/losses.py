@@ -35,12 +35,28 @@ def rank_and_world_size() -> tuple[int, int]:
     return 0, 1
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every worker's gradient for this worker's slice."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)  # each worker's loss contributes to every slice
+        return grad.chunk(dist.get_world_size(), dim=0)[dist.get_rank()]
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate x from all workers along dim 0; gradients flow back to every worker's x."""
     _, world_size = rank_and_world_size()
     if world_size == 1:
         return x
-    return torch.cat(torch.distributed.nn.functional.all_gather(x.contiguous()), dim=0)
+    return _GatherWithGrad.apply(x)
 
 
 def global_labels(batch_size: int, device: torch.device) -> torch.Tensor:
@@ -70,7 +86,7 @@ def gumbel_sigmoid_straight_through(logits: torch.Tensor, tau: float = 1.0, nois
         noise = torch.log(uniform) - torch.log1p(-uniform)
     soft = torch.sigmoid((logits + noise) / tau)
     hard = (soft > 0.5).to(soft.dtype)
-    return hard + soft - soft.detach()
+    return hard + (soft - soft.detach())  # exactly `hard` forward; soft gradient backward
 
 
 def image_level_tcl(
@@ -106,13 +122,13 @@ def feature_level_tcl(
     region_embedding = F.normalize(masked_average_pool(dense_embedding, soft_masks), dim=-1)  # [B, N, C]
     text_embedding = F.normalize(text_embedding, dim=-1)
     labels = global_labels(batch_size, dense_embedding.device)
-    # Each image against every text, through its own region for that text.
-    logits_per_image = torch.einsum("bnc,nc->bn", region_embedding, gather_with_grad(text_embedding))
-    # Each local text against every worker's images, through their regions for that text.
-    regions_for_local_texts = region_embedding[:, rank * batch_size:(rank + 1) * batch_size]  # [B_img, B_txt, C]
-    all_regions_for_local_texts = gather_with_grad(regions_for_local_texts)  # [N_img, B_txt, C]
-    logits_per_text = torch.einsum("nbc,bc->bn", all_regions_for_local_texts, text_embedding)
-    loss_image = F.cross_entropy(logit_scale * logits_per_image, labels)
+    # similarity[i, j]: image i's region for text j against text j.
+    similarity = torch.einsum("bnc,nc->bn", region_embedding, gather_with_grad(text_embedding))  # [B, N]
+    # Each local text is scored against every worker's images: gather the similarities (N x N
+    # scalars), not the regions. (Gathering each worker's regions for its *own* texts, as the
+    # official code does, pairs other workers' images with the wrong texts when world size > 1.)
+    logits_per_text = gather_with_grad(similarity)[:, rank * batch_size:(rank + 1) * batch_size].t()  # [B_txt, N_img]
+    loss_image = F.cross_entropy(logit_scale * similarity, labels)
     loss_text = F.cross_entropy(logit_scale * logits_per_text, labels)
     return 0.5 * (loss_image + loss_text)
 

@@ -1,0 +1,118 @@
+"""Segmenter: sizes, windows, background threshold, batching, bad input."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tcl.segment import Segmenter, SegmenterConfig, centered_padding, resized_shape, window_boxes
+
+SMALL = SegmenterConfig(short_side=32, window=32, stride=16, pamr=False)
+
+
+def _image(height: int, width: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def test_resized_shape_follows_short_side_and_long_side_cap():
+    assert resized_shape(375, 500, 448, 2048) == (448, 597)
+    assert resized_shape(500, 375, 448, 2048) == (597, 448)
+    assert resized_shape(100, 3000, 448, 2048) == (68, 2048)  # long side capped
+    assert resized_shape(20, 20, 448, 2048) == (448, 448)  # small images are enlarged
+
+
+@pytest.mark.parametrize("height,width", [(448, 597), (448, 448), (300, 200), (448, 1000)])
+def test_window_boxes_cover_the_image_flush_with_its_edges(height, width):
+    boxes = window_boxes(height, width, 448, 224)
+    covered = np.zeros((height, width), dtype=int)
+    for y1, y2, x1, x2 in boxes:
+        assert y2 - y1 == min(448, height) and x2 - x1 == min(448, width)
+        covered[y1:y2, x1:x2] += 1
+    assert covered.min() >= 1
+    assert max(b[1] for b in boxes) == height and max(b[3] for b in boxes) == width
+    if (height, width) == (448, 597):
+        assert boxes == [(0, 448, 0, 448), (0, 448, 149, 597)]
+
+
+def test_centered_padding():
+    assert centered_padding(32, 32, 8) == (0, 0, 0, 0)
+    assert centered_padding(30, 27, 8) == (2, 3, 1, 1)
+
+
+@pytest.mark.parametrize("height,width", [(32, 32), (50, 90), (90, 50), (37, 41), (12, 200)])
+def test_labels_and_probabilities_at_the_original_size(grounder, height, width):
+    segmenter = Segmenter(grounder, SMALL, device="cpu")
+    [result] = segmenter.segment(_image(height, width), ["star", "ring", "sky"], background_threshold=None)
+    assert result.labels.shape == (height, width)
+    assert result.probabilities.shape == (3, height, width)
+    assert result.class_names == ["star", "ring", "sky"]
+    assert np.array_equal(result.labels, result.probabilities.argmax(axis=0))
+
+
+def test_background_threshold(grounder):
+    segmenter = Segmenter(grounder, SMALL, device="cpu")
+    image = _image(40, 56)
+    texts = ["star", "ring"]
+    [plain] = segmenter.segment(image, texts, background_threshold=None)
+    threshold = float(np.median(plain.probabilities.max(axis=0)))
+    [with_bg] = segmenter.segment(image, texts, background_threshold=threshold)
+    assert with_bg.class_names == ["background", "star", "ring"]
+    assert np.allclose(with_bg.probabilities[0], threshold)
+    weak = plain.probabilities.max(axis=0) < threshold
+    assert weak.any() and (~weak).any()
+    assert (with_bg.labels[weak] == 0).all()
+    assert np.array_equal(with_bg.labels[~weak], plain.labels[~weak] + 1)
+    [everything] = segmenter.segment(image, texts, background_threshold=1.01)
+    assert (everything.labels == 0).all()
+
+
+def test_batched_call_equals_one_image_at_a_time(grounder):
+    segmenter = Segmenter(grounder, SMALL, device="cpu")
+    images = [_image(32, 48, 1), _image(64, 40, 2), np.asarray(_image(33, 35, 3))]
+    texts = ["circle", "square"]
+    together = segmenter.segment(images, texts, windows_per_batch=5)
+    for image, result in zip(images, together):
+        [alone] = segmenter.segment(image, texts, windows_per_batch=1)
+        assert np.allclose(alone.probabilities, result.probabilities, atol=1e-5)
+
+
+def test_pamr_option_changes_the_result(grounder):
+    segmenter = Segmenter(grounder, SMALL, device="cpu")
+    image = _image(40, 40)
+    [without] = segmenter.segment(image, ["a", "b"], pamr=False)
+    [with_pamr] = segmenter.segment(image, ["a", "b"], pamr=True)
+    assert with_pamr.labels.shape == without.labels.shape
+    assert not np.allclose(with_pamr.probabilities, without.probabilities)
+
+
+def test_text_embeddings_are_cached(grounder):
+    segmenter = Segmenter(grounder, SMALL, device="cpu")
+    first = segmenter.text_embeddings(["cat", "dog"])
+    assert segmenter.text_embeddings.misses == 2
+    again = segmenter.text_embeddings(["dog", "cat", "dog"])
+    assert segmenter.text_embeddings.misses == 2
+    assert torch.equal(again[1], first[0]) and torch.equal(again[0], first[1])
+    assert torch.allclose(first.norm(dim=-1), torch.ones(2))
+    # the embedding is the normalised mean of the un-normalised template embeddings
+    clip = grounder.clip
+    from tcl.clip import PROMPT_TEMPLATES
+    tokens = clip.tokenize([t.format("cat") for t in PROMPT_TEMPLATES])
+    expected = torch.nn.functional.normalize(clip.encode_text(tokens).mean(dim=0), dim=-1)
+    assert torch.allclose(first[0], expected, atol=1e-6)
+    assert len(PROMPT_TEMPLATES) == 9
+
+
+def test_bad_input_is_a_clear_error(grounder):
+    segmenter = Segmenter(grounder, SMALL, device="cpu")
+    with pytest.raises(ValueError, match="no texts"):
+        segmenter.segment(_image(32, 32), [])
+    with pytest.raises(ValueError, match="text 1 is empty"):
+        segmenter.segment(_image(32, 32), ["a", "  "])
+    with pytest.raises(TypeError, match="list of strings"):
+        segmenter.segment(_image(32, 32), "star")
+    with pytest.raises(ValueError, match="mode is 'L'"):
+        segmenter.segment(Image.new("L", (32, 32)), ["a"])
+    with pytest.raises(ValueError, match="zero size"):
+        segmenter.segment(np.zeros((0, 10, 3), dtype=np.uint8), ["a"])
+    with pytest.raises(ValueError, match=r"shape \(10, 10\)"):
+        segmenter.segment(np.zeros((10, 10), dtype=np.uint8), ["a"])
