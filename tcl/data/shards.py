@@ -1,0 +1,514 @@
+"""Training shards: the contract between shard writers (jobs/make_shards.py, img2dataset) and training.
+
+Layout
+------
+A shard set is a folder or ``s3://`` prefix of Parquet files ``shard-00000.parquet``, ... Each row is
+one image-text pair: an encoded image column (JPEG/PNG/WebP bytes, anything Pillow opens) and a
+caption column (str). Default names follow img2dataset (``jpg``, ``txt``, with ``caption`` accepted
+when ``txt`` is absent), so img2dataset Parquet output is read unchanged. ``ShardWriter`` also writes
+a ``key`` column; readers ignore extra columns. Row groups are small (256 rows by default) so Ray
+Data can stream a shard in pieces instead of holding whole files; image bytes are stored
+uncompressed (they are compressed already), captions with zstd.
+
+Reading
+-------
+``read_shards`` returns a Ray Dataset with exactly two canonical columns, ``image`` (bytes) and
+``caption`` (str). File order is shuffled, reseeded on every execution (= every epoch), which is
+the cheap part of shuffling; add ``random_shuffle``/``local_shuffle_buffer_size`` downstream for rows.
+
+Transform
+---------
+``ImageTextTransform`` is a ``map_batches`` callable (``batch_format="numpy"``) producing
+``image`` float32 [B, 3, H, W] (normalised) and ``text`` int64 [B, L] (tokens).
+
+Augmentation kept from the official TCL code: the official code trains with the DeiT/timm pipeline
+(RandomResizedCrop scale (0.08, 1) with bicubic resampling, RandAugment rand-m9-mstd0.5-inc1,
+ColorJitter 0.4, RandomErasing 0.25; timm's pipeline also flips horizontally by default). We keep
+only the random resized crop (bilinear, which is cheaper; scale configurable because tiny synthetic
+images need e.g. (0.5, 1.0) or the crop loses the object) and the ImageNet normalisation.
+Left out on purpose:
+
+* horizontal flip: captions may say "left"/"right", a flip would make them wrong;
+* RandAugment, colour jitter, random erasing: colour words ("a red car") are exactly what the text
+  grounds on, erasing removes the object a caption names, and all three cost CPU that the data
+  pipeline does not have to spare. To add one later, apply it to the PIL image in
+  ``ImageTextTransform._augment`` (it sees one image at a time, after the crop).
+
+Corrupt images
+--------------
+Rows whose image cannot be decoded (None, zero bytes, garbage, truncated, zero-size, decompression
+bomb) or whose caption is missing are DROPPED from the batch, never raised. They are counted in a
+``SkipCounter``: a tiny Ray actor (0 CPUs) created by the driver and handed to the transform. Why an
+actor and not an extra ``corrupt_skipped`` column: a column can only carry a count on rows that
+survive, so a batch in which every row is bad would lose its count, and a column is summed per
+consumer (per training worker) rather than globally. The actor is only called for batches that
+actually had bad rows, and the call is awaited so ``SkipCounter.total()`` is exact once a pass is
+over. Without a counter, skips are only logged (WARNING, with the reasons).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from PIL import Image
+
+from tcl import storage
+
+log = logging.getLogger(__name__)
+
+DEFAULT_IMAGE_COLUMNS = ("jpg", "png", "webp", "image")  # tried in order when none is named
+DEFAULT_CAPTION_COLUMNS = ("txt", "caption")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SHARD_NAME = "shard-{index:05d}.parquet"
+SHARD_PATTERN = re.compile(r"^shard-(\d{5,})\.parquet$")
+
+
+# --------------------------------------------------------------------------------------------------
+# decoding
+
+def decode_image_with_reason(data: Any, mode: str = "RGB") -> tuple[Image.Image | None, str | None]:
+    """Decode encoded image bytes. Returns ``(image, None)`` or ``(None, reason)``; never raises."""
+    if data is None:
+        return None, "missing"
+    if isinstance(data, memoryview):
+        data = data.tobytes()
+    if not isinstance(data, (bytes, bytearray)):
+        return None, f"not bytes ({type(data).__name__})"
+    if len(data) == 0:
+        return None, "empty"
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            # load() forces the full decode: Image.open only reads the header, so truncated files
+            # would otherwise fail later, somewhere less convenient.
+            img.load()
+            if img.width == 0 or img.height == 0:
+                return None, "zero-size"
+            return img.convert(mode), None
+    except Image.DecompressionBombError as e:
+        return None, f"too large: {e}"
+    except Image.UnidentifiedImageError:
+        return None, "not an image"
+    except Exception as e:  # noqa: BLE001 - corrupt data raises OSError, ValueError, SyntaxError, ...
+        return None, f"broken: {type(e).__name__}: {e}"
+
+
+def decode_image(data: Any, mode: str = "RGB") -> Image.Image | None:
+    """Decode encoded image bytes to a PIL image in ``mode``, or None if they are not a usable image."""
+    return decode_image_with_reason(data, mode)[0]
+
+
+def encode_image(image: Image.Image, fmt: str = "PNG", quality: int = 95) -> bytes:
+    """Encode a PIL image (PNG is lossless; JPEG uses ``quality``)."""
+    buf = io.BytesIO()
+    if fmt.upper() in ("JPEG", "JPG"):
+        image.convert("RGB").save(buf, format="JPEG", quality=quality)
+    else:
+        image.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------------------
+# writing
+
+class ShardWriter:
+    """Write (image bytes, caption) rows to ``{prefix}/shard-{i:05d}.parquet``, local or s3://.
+
+    Each shard is built in memory (about one shard of encoded images) and written atomically, so a
+    reader never sees a half-written shard, also when the writer dies midway.
+
+        with ShardWriter("s3://bucket/shards", rows_per_shard=1000) as w:
+            for jpeg_bytes, caption in pairs:
+                w.write(jpeg_bytes, caption)
+        print(w.paths)
+    """
+
+    def __init__(
+        self,
+        prefix: str,
+        *,
+        rows_per_shard: int = 1000,
+        row_group_size: int = 256,
+        image_column: str = "jpg",
+        caption_column: str = "txt",
+        start_index: int = 0,
+        endpoint_url: str | None = None,
+    ):
+        if rows_per_shard < 1 or row_group_size < 1:
+            raise ValueError("rows_per_shard and row_group_size must be >= 1")
+        self.prefix = prefix
+        self.rows_per_shard = rows_per_shard
+        self.row_group_size = min(row_group_size, rows_per_shard)
+        self.image_column = image_column
+        self.caption_column = caption_column
+        self.endpoint_url = endpoint_url
+        self.schema = pa.schema([
+            ("key", pa.string()), (image_column, pa.binary()), (caption_column, pa.string()),
+        ])
+        self.paths: list[str] = []
+        self.rows_written = 0
+        self._index = start_index
+        self._rows: list[tuple[str, bytes, str]] = []
+        self._closed = False
+
+    def write(self, image: bytes, caption: str, key: str | None = None) -> None:
+        if self._closed:
+            raise RuntimeError("ShardWriter is closed")
+        if key is None:
+            key = f"{self._index:05d}{len(self._rows):06d}"
+        self._rows.append((key, bytes(image), caption))
+        if len(self._rows) >= self.rows_per_shard:
+            self._flush()
+
+    def write_all(self, rows: Iterable[tuple[bytes, str]]) -> None:
+        for image, caption in rows:
+            self.write(image, caption)
+
+    def _flush(self) -> None:
+        if not self._rows:
+            return
+        keys, images, captions = zip(*self._rows)
+        table = pa.table(
+            {"key": list(keys), self.image_column: list(images), self.caption_column: list(captions)},
+            schema=self.schema,
+        )
+        buf = pa.BufferOutputStream()
+        pq.write_table(
+            table, buf, row_group_size=self.row_group_size,
+            compression={"key": "zstd", self.image_column: "none", self.caption_column: "zstd"},
+        )
+        uri = storage.join(self.prefix, SHARD_NAME.format(index=self._index))
+        storage.write_bytes_atomic(uri, memoryview(buf.getvalue()), endpoint_url=self.endpoint_url)
+        self.paths.append(uri)
+        self.rows_written += len(self._rows)
+        self._rows = []
+        self._index += 1
+
+    def close(self) -> list[str]:
+        """Write the last partial shard; returns the URIs of all shards written."""
+        if not self._closed:
+            self._flush()
+            self._closed = True
+        return self.paths
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # On error, keep what was complete but do not write a final shard from a broken stream.
+        if exc_type is None:
+            self.close()
+        else:
+            self._closed = True
+
+
+def write_shards(rows: Iterable[tuple[bytes, str]], prefix: str, **writer_kwargs) -> list[str]:
+    """Write all ``(image_bytes, caption)`` rows as shards under ``prefix``; returns the shard URIs."""
+    with ShardWriter(prefix, **writer_kwargs) as w:
+        w.write_all(rows)
+    return w.paths
+
+
+# --------------------------------------------------------------------------------------------------
+# reading
+
+def _pick_column(names: Sequence[str], wanted: str | None, defaults: Sequence[str], what: str, where: str) -> str:
+    if wanted is not None:
+        if wanted not in names:
+            raise ValueError(f"{what} column {wanted!r} not found in {where}; columns found: {list(names)}")
+        return wanted
+    for name in defaults:
+        if name in names:
+            return name
+    raise ValueError(
+        f"no {what} column in {where}: looked for {list(defaults)}, columns found: {list(names)}; "
+        f"name it explicitly"
+    )
+
+
+def find_shard_files(uri: str, *, endpoint_url: str | None = None) -> list[str]:
+    """Parquet files under ``uri`` (or ``uri`` itself if it is one), sorted; error if there are none."""
+    files = storage.list_files(uri, (".parquet",), endpoint_url=endpoint_url)
+    if not files:
+        raise FileNotFoundError(f"no .parquet files under {uri}")
+    return files
+
+
+def resolve_columns(
+    uri: str,
+    *,
+    image_column: str | None = None,
+    caption_column: str | None = None,
+    endpoint_url: str | None = None,
+) -> tuple[str, str]:
+    """The (image, caption) column names of the shards at ``uri``, checked against the first file."""
+    first = find_shard_files(uri, endpoint_url=endpoint_url)[0]
+    fs, path = storage.resolve(first, endpoint_url=endpoint_url)
+    names = pq.read_schema(path, filesystem=fs).names
+    return (
+        _pick_column(names, image_column, DEFAULT_IMAGE_COLUMNS, "image", first),
+        _pick_column(names, caption_column, DEFAULT_CAPTION_COLUMNS, "caption", first),
+    )
+
+
+def read_shards(
+    uri: str,
+    *,
+    image_column: str | None = None,
+    caption_column: str | None = None,
+    filesystem: Any = None,
+    shuffle_files: bool = True,
+    shuffle_files_seed: int | None = None,
+    endpoint_url: str | None = None,
+    override_num_blocks: int | None = None,
+):
+    """Read Parquet shards as a Ray Dataset with canonical columns ``image`` (bytes), ``caption`` (str).
+
+    ``image_column``/``caption_column`` default to img2dataset names (``jpg``; ``txt`` then
+    ``caption``). File order is shuffled per execution (epoch); with ``shuffle_files_seed`` the
+    sequence of orders is reproducible. ``filesystem`` overrides the one ``tcl.storage`` resolves
+    (then ``uri`` must be a path within it, e.g. ``bucket/prefix``).
+    """
+    import ray.data
+    from ray.data import FileShuffleConfig
+
+    if filesystem is None:
+        files = find_shard_files(uri, endpoint_url=endpoint_url)
+        image_col, caption_col = resolve_columns(
+            uri, image_column=image_column, caption_column=caption_column, endpoint_url=endpoint_url
+        )
+        filesystem, _ = storage.resolve(files[0], endpoint_url=endpoint_url)
+        paths = [storage.resolve(f, endpoint_url=endpoint_url)[1] for f in files]
+    else:
+        info = filesystem.get_file_info(uri)
+        if info.type == pafs.FileType.File:
+            paths = [uri]
+        else:
+            sel = pafs.FileSelector(uri, recursive=True)
+            paths = sorted(
+                i.path for i in filesystem.get_file_info(sel)
+                if i.path.endswith(".parquet") and not i.base_name.startswith((".", "_"))
+            )
+        if not paths:
+            raise FileNotFoundError(f"no .parquet files under {uri}")
+        names = pq.read_schema(paths[0], filesystem=filesystem).names
+        image_col = _pick_column(names, image_column, DEFAULT_IMAGE_COLUMNS, "image", paths[0])
+        caption_col = _pick_column(names, caption_column, DEFAULT_CAPTION_COLUMNS, "caption", paths[0])
+
+    if not shuffle_files:
+        shuffle = None
+    elif shuffle_files_seed is not None:
+        shuffle = FileShuffleConfig(seed=shuffle_files_seed, reseed_after_execution=True)
+    else:
+        shuffle = "files"
+    # select_columns (not read_parquet(columns=...), deprecated in Ray 2.60) is pushed down to the reader.
+    ds = ray.data.read_parquet(
+        paths, filesystem=filesystem, shuffle=shuffle, override_num_blocks=override_num_blocks,
+    ).select_columns([image_col, caption_col])
+    renames = {c: n for c, n in ((image_col, "image"), (caption_col, "caption")) if c != n}
+    return ds.rename_columns(renames) if renames else ds
+
+
+# --------------------------------------------------------------------------------------------------
+# skip counting
+
+class _SkipCounterActor:
+    def __init__(self) -> None:
+        self.reasons: Counter[str] = Counter()
+
+    def add(self, reasons: dict[str, int]) -> None:
+        self.reasons.update(reasons)
+
+    def get(self) -> dict[str, int]:
+        return dict(self.reasons)
+
+    def reset(self) -> None:
+        self.reasons.clear()
+
+
+class SkipCounter:
+    """Counts rows dropped by ``ImageTextTransform``, by reason, across all Ray workers.
+
+    Create it in the driver (it owns the actor) and pass it to the transform; it pickles as a
+    handle. ``total()`` / ``by_reason()`` can be called from anywhere, e.g. the training loop.
+    """
+
+    def __init__(self, handle: Any = None):
+        if handle is None:
+            import ray
+            handle = ray.remote(num_cpus=0)(_SkipCounterActor).remote()
+        self._handle = handle
+
+    def add(self, reasons: dict[str, int]) -> None:
+        import ray
+        # Awaited on purpose: it only happens for batches with bad rows, and it makes total() exact
+        # as soon as the batches that caused it have been produced.
+        ray.get(self._handle.add.remote(reasons))
+
+    def by_reason(self) -> dict[str, int]:
+        import ray
+        return ray.get(self._handle.get.remote())
+
+    def total(self) -> int:
+        return sum(self.by_reason().values())
+
+    def reset(self) -> None:
+        import ray
+        ray.get(self._handle.reset.remote())
+
+
+def reason_category(reason: str) -> str:
+    # Keep counter keys few: "broken: OSError: image file is truncated (3 bytes...)" -> "broken".
+    return reason.split(":", 1)[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# transform
+
+def random_resized_crop_box(
+    width: int,
+    height: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
+    """A (left, top, right, bottom) crop box, sampled as torchvision's RandomResizedCrop does."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            left = int(rng.integers(0, width - w + 1))
+            top = int(rng.integers(0, height - h + 1))
+            return left, top, left + w, top + h
+    # Fallback: the largest centred crop whose aspect ratio is within bounds.
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        w, h = int(round(height * ratio[1])), height
+    else:
+        w, h = width, height
+    left, top = (width - w) // 2, (height - h) // 2
+    return left, top, left + w, top + h
+
+
+Tokenizer = Callable[[list[str]], Any]
+
+
+class ImageTextTransform:
+    """``map_batches`` callable: decode, random-resized-crop, normalise images; tokenize captions.
+
+    Input batch (numpy format): ``image`` (object array of bytes), ``caption`` (object array of str).
+    Output: ``image`` float32 [B, 3, S, S], ``text`` int64 [B, L]. Bad rows are dropped and counted
+    in ``skip_counter`` (see module docstring).
+
+    ``tokenizer`` is a callable ``list[str] -> [B, L]`` tensor/array (e.g. ``open_clip.get_tokenizer``)
+    or an open_clip model name, in which case the tokenizer is built lazily inside each worker
+    (cheaper to ship than the 2 MB vocabulary).
+
+        counter = SkipCounter()
+        ds = read_shards(uri).map_batches(
+            ImageTextTransform("ViT-B-16", image_size=224, skip_counter=counter),
+            batch_format="numpy", batch_size=64)
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer | str,
+        *,
+        image_size: int = 224,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        skip_counter: SkipCounter | None = None,
+    ):
+        if not (0 < scale[0] <= scale[1] <= 1):
+            raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
+        self.tokenizer = tokenizer
+        self.image_size = int(image_size)
+        self.scale = tuple(scale)
+        self.ratio = tuple(ratio)
+        # Normalise in [0, 255] units: x * a + b with a = 1/(255 std), b = -mean/std.
+        self._mul = (1.0 / (255.0 * np.asarray(std, np.float32))).reshape(1, 3, 1, 1).astype(np.float32)
+        self._add = (-np.asarray(mean, np.float32) / np.asarray(std, np.float32)).reshape(1, 3, 1, 1)
+        self.skip_counter = skip_counter
+
+    def _tokenize(self, captions: list[str]) -> np.ndarray:
+        if isinstance(self.tokenizer, str):
+            import open_clip
+            self.tokenizer = open_clip.get_tokenizer(self.tokenizer)
+        tokens = self.tokenizer(captions)
+        if hasattr(tokens, "numpy"):
+            tokens = tokens.numpy()
+        return np.asarray(tokens, dtype=np.int64)
+
+    def _augment(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
+        box = random_resized_crop_box(img.width, img.height, rng, self.scale, self.ratio)
+        size = (self.image_size, self.image_size)
+        # resize(box=...) crops and resizes in one pass, without materialising the crop.
+        return img.resize(size, Image.Resampling.BILINEAR, box=box)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # Fresh OS entropy per batch: the transform object is pickled into every task, so a seeded
+        # generator stored on it would repeat the same crops in every task.
+        rng = np.random.default_rng()
+        pixels: list[np.ndarray] = []
+        captions: list[str] = []
+        skipped: Counter[str] = Counter()
+        for data, caption in zip(batch["image"], batch["caption"]):
+            if isinstance(caption, bytes):
+                caption = caption.decode("utf-8", errors="replace")
+            if not isinstance(caption, str):
+                skipped["no caption"] += 1
+                continue
+            img, reason = decode_image_with_reason(data)
+            if img is None:
+                skipped[reason_category(reason)] += 1
+                continue
+            pixels.append(np.asarray(self._augment(img, rng), dtype=np.uint8))
+            captions.append(caption)
+
+        if skipped:
+            if self.skip_counter is not None:
+                self.skip_counter.add(dict(skipped))
+            else:
+                log.warning("skipped %d bad rows in a batch: %s", sum(skipped.values()), dict(skipped))
+
+        s = self.image_size
+        if not pixels:
+            # Keep the token width of the other batches so Ray can concatenate blocks.
+            return {"image": np.zeros((0, 3, s, s), np.float32), "text": self._tokenize([""])[:0]}
+        hwc = np.stack(pixels)  # [B, H, W, 3] uint8
+        chw = hwc.transpose(0, 3, 1, 2).astype(np.float32)
+        images = np.ascontiguousarray(chw * self._mul + self._add, dtype=np.float32)
+        return {"image": images, "text": self._tokenize(captions)}
+
+
+def load_train_dataset(
+    uri: str,
+    tokenizer: Tokenizer | str,
+    *,
+    image_size: int = 224,
+    scale: tuple[float, float] = (0.08, 1.0),
+    batch_size: int = 64,
+    skip_counter: SkipCounter | None = None,
+    **read_kwargs,
+):
+    """``read_shards`` + ``ImageTextTransform`` in one call: a Dataset of ``image``/``text`` rows."""
+    transform = ImageTextTransform(tokenizer, image_size=image_size, scale=scale, skip_counter=skip_counter)
+    return read_shards(uri, **read_kwargs).map_batches(transform, batch_format="numpy", batch_size=batch_size)
