@@ -90,6 +90,13 @@ def create_open_clip(config: CLIPConfig) -> nn.Module:
     return model
 
 
+def make_tokenizer(config: CLIPConfig) -> Callable[[Sequence[str]], torch.Tensor]:
+    """The tokenizer of the CLIP `config` describes (no weights needed): texts -> [N, L] int64."""
+    if config.model_cfg is not None:
+        return open_clip.SimpleTokenizer(context_length=config.model_cfg.get("text_cfg", {}).get("context_length", 77))
+    return open_clip.get_tokenizer(config.model_name)
+
+
 def interpolate_positional_embedding(pos_embed: torch.Tensor, source_grid: tuple[int, int], target_grid: tuple[int, int]) -> torch.Tensor:
     """Bicubic resize of the patch positional embeddings; the class token's is kept. [1+h*w, D]."""
     if tuple(source_grid) == tuple(target_grid):
@@ -128,13 +135,7 @@ class FrozenCLIP(nn.Module):
         self.patch_size: int = visual.patch_size[0]
         self.width: int = visual.transformer.width
         self.embed_dim: int = visual.output_dim
-        self.tokenizer = self._make_tokenizer()
-
-    def _make_tokenizer(self) -> Callable[[Sequence[str]], torch.Tensor]:
-        context_length = self.model.context_length
-        if self.config.model_cfg is not None:
-            return open_clip.SimpleTokenizer(context_length=context_length)
-        return open_clip.get_tokenizer(self.config.model_name, context_length=context_length)
+        self.tokenizer = make_tokenizer(config)
 
     def train(self, mode: bool = True) -> "FrozenCLIP":
         # Frozen means frozen: dropout and the like stay in eval mode whatever the parent does.
