@@ -10,13 +10,16 @@ Training checkpoints add their own files (optimizer, step) beside these.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
+import tempfile
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from tcl import config as config_lib
+from tcl import storage
 from tcl.clip import CLIPConfig, FrozenCLIP, pretrained_is_file
 from tcl.model import Grounder, GrounderConfig
 
@@ -49,7 +52,33 @@ def load_grounder_config(directory: str) -> GrounderConfig:
         return config_lib.from_dict(GrounderConfig, json.load(f))
 
 
-def load_grounder(directory: str, device: str | torch.device = "cpu") -> Grounder:
+def resolve_checkpoint(path: str, cache_dir: str | None = None, **s3_options) -> str:
+    """A local checkpoint directory for `path`: a checkpoint directory, a training run folder (its
+    latest checkpoint_* directory), either of them on s3:// (downloaded to `cache_dir`)."""
+    if storage.is_s3(path):
+        files = storage.list_files(path, **s3_options)
+        names = {f[len(path.rstrip("/")) + 1:] for f in files}
+        if CONFIG_FILE not in names:
+            runs = sorted({n.split("/")[0] for n in names if n.startswith("checkpoint_") and n.endswith("/" + CONFIG_FILE)})
+            if not runs:
+                raise FileNotFoundError(f"no TCL checkpoint at {path}: expected {CONFIG_FILE} or checkpoint_*/{CONFIG_FILE}")
+            return resolve_checkpoint(storage.join(path, runs[-1]), cache_dir, **s3_options)
+        local = tempfile.mkdtemp(prefix="tcl-checkpoint-", dir=cache_dir)
+        for name in (CONFIG_FILE, GROUNDER_FILE, CLIP_FILE):
+            if name in names:
+                with open(os.path.join(local, name), "wb") as f:
+                    f.write(storage.read_bytes(storage.join(path, name), **s3_options))
+        return local
+    if not os.path.isfile(os.path.join(path, CONFIG_FILE)) and os.path.isdir(path):
+        candidates = sorted(glob.glob(os.path.join(path, "checkpoint_*", CONFIG_FILE)))
+        if candidates:
+            return os.path.dirname(candidates[-1])
+    return path
+
+
+def load_grounder(path: str, device: str | torch.device = "cpu", **s3_options) -> Grounder:
+    """Load a grounder from a checkpoint directory or run folder, local or s3:// (see resolve_checkpoint)."""
+    directory = resolve_checkpoint(path, **s3_options)
     config = load_grounder_config(directory)
     clip_config = config.clip
     if clip_config.pretrained == CLIP_FILE:
