@@ -1,0 +1,383 @@
+"""The synthetic world: the project's offline data set, where the ground truth is known.
+
+No weights or data sets can be downloaded here, so the project draws its own: scenes of one to
+three textured "stuff" regions (sky, grass, water, sand, brick, wood) with one to four coloured
+shapes on top, captioned like web alt-text ("a red star on the grass", "two rings and a heart",
+"brick wall"). Captions name the salient object or two, never everything, so grounding the words
+in the pixels is a real problem, as it is for web image-text pairs.
+
+Everything is drawn from a seeded numpy Generator: the same seed gives the same images, captions
+and label maps on every machine.
+
+    python -m tcl.data.synthetic --preview preview.png          # a grid of scenes with captions
+    python -m tcl.data.synthetic --eval-set shapes-things --output data/shapes-things --count 200
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Iterator
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+# The vocabulary (other tools rely on these exact words and their order).
+SHAPES = ("circle", "square", "triangle", "star", "heart", "cross", "ring", "crescent")
+COLOURS = {
+    "red": (215, 35, 35), "green": (35, 160, 55), "blue": (35, 75, 215), "yellow": (240, 210, 35),
+    "purple": (130, 50, 170), "orange": (240, 130, 25), "white": (245, 245, 240), "black": (20, 20, 25),
+}
+STUFF = ("sky", "grass", "water", "sand", "brick", "wood")
+EVAL_SETS = {
+    # name: class names (label value = index); "background" first means class 0 is background
+    "shapes-things": ("background", *SHAPES),  # stuff counts as background
+    "shapes-stuff": (*SHAPES, *STUFF),  # every pixel is a shape or a stuff class
+}
+MIN_AREA, MAX_AREA = 0.03, 0.40  # a shape's area as a fraction of the image, before occlusion
+
+
+@dataclasses.dataclass
+class SceneObject:
+    shape: str
+    colour: str
+    area: float  # visible fraction of the image after occlusion
+
+
+@dataclasses.dataclass
+class Scene:
+    image: Image.Image
+    shape_map: np.ndarray  # [H, W] uint8: 0 = no shape, 1 + SHAPES.index(shape) otherwise
+    stuff_map: np.ndarray  # [H, W] uint8: STUFF index everywhere
+    objects: list[SceneObject]  # largest visible first
+    stuff: list[str]  # stuff classes present, largest first
+    caption: str
+
+    def label_map(self, eval_set: str) -> np.ndarray:
+        """Per-pixel ground truth of one of EVAL_SETS, uint8 [H, W]."""
+        if eval_set == "shapes-things":
+            return self.shape_map.copy()
+        if eval_set == "shapes-stuff":
+            return np.where(self.shape_map > 0, self.shape_map - 1, len(SHAPES) + self.stuff_map).astype(np.uint8)
+        raise ValueError(f"unknown evaluation set {eval_set!r}; known: {', '.join(EVAL_SETS)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# stuff: procedural textures
+
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Value noise in [0, 1]: a coarse random grid upsampled bicubically, [size, size]."""
+    grid = (rng.random((cells, cells)) * 255).astype(np.uint8)
+    return np.asarray(Image.fromarray(grid).resize((size, size), Image.BICUBIC), dtype=np.float32) / 255
+
+
+def stuff_texture(name: str, rng: np.random.Generator, size: int) -> np.ndarray:
+    """A float32 [size, size, 3] texture in [0, 255] for a stuff class: patterned, never flat."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    fine = rng.random((size, size)).astype(np.float32)
+    coarse = _smooth_noise(rng, size, 4)
+
+    def mix(a, b, t):  # colour a where t = 0, b where t = 1
+        return np.asarray(a, np.float32) * (1 - t[..., None]) + np.asarray(b, np.float32) * t[..., None]
+
+    if name == "sky":  # bright at the horizon, clouds as soft white blobs
+        sky = mix((70, 130, 225), (170, 205, 245), y)
+        return mix(sky, (250, 250, 250), np.clip(coarse * 1.6 - 0.9, 0, 1))
+    if name == "grass":  # blades: noise stretched vertically
+        blades = (rng.random((max(2, size // 8), size)) * 255).astype(np.uint8)
+        blades = np.asarray(Image.fromarray(blades).resize((size, size), Image.BILINEAR), np.float32) / 255
+        return mix((30, 95, 25), (120, 190, 60), np.clip(0.55 * blades + 0.25 * fine + 0.2 * coarse, 0, 1))
+    if name == "water":  # horizontal waves
+        phase = rng.uniform(0, 2 * np.pi)
+        waves = 0.5 + 0.5 * np.sin(2 * np.pi * (rng.uniform(6, 10) * y + 0.6 * coarse) + phase)
+        return mix((15, 70, 120), (60, 150, 185), 0.7 * waves + 0.3 * fine)
+    if name == "sand":  # grain and diagonal ripples
+        ripples = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(4, 7) * (x + 0.5 * y + 0.2 * coarse))
+        return mix((190, 160, 110), (235, 215, 165), 0.5 * fine + 0.3 * ripples + 0.2 * coarse)
+    if name == "brick":  # rows of bricks, each row offset by half a brick, light mortar between
+        rows = max(3, size // 8)
+        row = np.floor(y * rows)
+        column = x * rows / 2 + 0.5 * (row % 2)
+        mortar = (np.abs(y * rows - np.round(y * rows)) < 0.12) | (np.abs(column - np.round(column)) < 0.06)
+        shade = _smooth_noise(rng, size, rows)  # brick-to-brick colour variation
+        brick = mix((125, 40, 30), (185, 75, 50), 0.6 * shade + 0.4 * fine)
+        return np.where(mortar[..., None], mix((175, 170, 160), (205, 200, 190), fine), brick)
+    if name == "wood":  # wavy grain along planks
+        grain = 0.5 + 0.5 * np.sin(2 * np.pi * (rng.uniform(8, 14) * x + 1.5 * coarse))
+        planks = (np.abs(y * 4 - np.round(y * 4)) < 0.03)
+        wood = mix((110, 65, 30), (175, 115, 60), 0.75 * grain + 0.25 * fine)
+        return np.where(planks[..., None], np.float32(70), wood)
+    raise ValueError(f"unknown stuff class {name!r}; known: {', '.join(STUFF)}")
+
+
+def stuff_layout(rng: np.random.Generator, size: int, count: int) -> np.ndarray:
+    """Region indices 0..count-1 [size, size]: bands split by wavy horizontal or vertical borders."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    along, across = (x, y) if rng.random() < 0.7 else (y, x)  # mostly horizon-like bands
+    borders = np.sort(rng.uniform(0.25, 0.75, count - 1)) if count > 1 else np.zeros(0)
+    region = np.zeros((size, size), np.int64)
+    for border in borders:
+        wave = 0.06 * np.sin(2 * np.pi * (rng.uniform(0.5, 2) * along + rng.uniform(0, 1)))
+        region += across > border + wave
+    return region
+
+
+# --------------------------------------------------------------------------------------------------
+# things: shapes
+
+def _polygon(points: np.ndarray, size: int) -> np.ndarray:
+    canvas = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(canvas).polygon([tuple(p) for p in points], fill=1)
+    return np.asarray(canvas, bool)
+
+
+def shape_mask(shape: str, size: int, center: tuple[float, float], radius: float, angle: float) -> np.ndarray:
+    """Boolean [size, size] mask of a shape of circumradius `radius` pixels, rotated by `angle` rad."""
+    cx, cy = center
+    cos, sin = np.cos(angle), np.sin(angle)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    # shape coordinates: unit radius, y up, rotated
+    u = ((x - cx) * cos + (y - cy) * sin) / radius
+    v = (-(x - cx) * sin + (y - cy) * cos) / -radius
+
+    def polygon(unit_points: list[tuple[float, float]]) -> np.ndarray:
+        p = np.asarray(unit_points, np.float32) * radius
+        rotated = np.stack([p[:, 0] * cos + p[:, 1] * sin, p[:, 0] * sin - p[:, 1] * cos], 1)
+        return _polygon(rotated + (cx, cy), size)
+
+    def regular(n: int, inner: float | None = None, start: float = np.pi / 2) -> list[tuple[float, float]]:
+        points = []
+        for k in range(n):
+            a = start + 2 * np.pi * k / n
+            points.append((np.cos(a), np.sin(a)))
+            if inner is not None:
+                b = a + np.pi / n
+                points.append((inner * np.cos(b), inner * np.sin(b)))
+        return points
+
+    r2 = u * u + v * v
+    if shape == "circle":
+        return r2 <= 1
+    if shape == "ring":
+        return (r2 <= 1) & (r2 >= 0.55 ** 2)
+    if shape == "crescent":
+        return (r2 <= 1) & ((u - 0.45) ** 2 + (v - 0.15) ** 2 > 0.8 ** 2)
+    if shape == "heart":  # the classic implicit heart curve, scaled to about unit radius
+        hx, hy = 1.15 * u, 1.15 * v + 0.15
+        return (hx * hx + hy * hy - 1) ** 3 - hx * hx * hy ** 3 <= 0
+    if shape == "square":
+        return polygon(regular(4, start=np.pi / 4))
+    if shape == "triangle":
+        return polygon(regular(3))
+    if shape == "star":
+        return polygon(regular(5, inner=0.42))
+    if shape == "cross":
+        w = 0.3
+        return polygon([(w, 1), (w, w), (1, w), (1, -w), (w, -w), (w, -1), (-w, -1), (-w, -w), (-1, -w), (-1, w), (-w, w), (-w, 1)])
+    raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
+
+
+_FILL = {  # area of each shape at unit circumradius (pixels per radius^2, measured), to size shapes by area
+    "circle": np.pi, "ring": np.pi * (1 - 0.55 ** 2), "crescent": 1.5, "heart": 2.78, "square": 2.0,
+    "triangle": 1.3, "star": 1.22, "cross": 2.04,
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# captions
+
+_PLURAL = {shape: shape + ("es" if shape == "cross" else "s") for shape in SHAPES}
+_NUMBER = {2: "two", 3: "three", 4: "four"}
+_STUFF_PLACE = {
+    "sky": ["in the sky", "against the sky", "in a blue sky"], "grass": ["on the grass", "on green grass", "in a field"],
+    "water": ["on the water", "in the water", "over the sea"], "sand": ["on the sand", "on the beach", "in the desert"],
+    "brick": ["on a brick wall", "on bricks", "painted on a brick wall"], "wood": ["on wood", "on a wooden table", "on wooden planks"],
+}
+_STUFF_ALONE = {
+    "sky": ["blue sky", "sky with clouds", "cloudy sky", "the sky"], "grass": ["green grass", "grass texture", "a lawn"],
+    "water": ["water", "calm water", "sea surface"], "sand": ["sand", "sand texture", "beach sand"],
+    "brick": ["brick wall", "red bricks", "old brick wall"], "wood": ["wood texture", "wooden planks", "wood grain"],
+}
+_PREFIXES = ["", "", "", "", "a photo of ", "image of ", "picture of ", "stock photo: ", "illustration of "]
+_SUFFIXES = ["", "", "", "", "", " - stock image", " hd", " #art", " | free download", " icon"]
+
+
+def _article(phrase: str) -> str:
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def _noun_phrase(rng: np.random.Generator, obj: SceneObject, count: int = 1) -> str:
+    with_colour = rng.random() < 0.6
+    if count > 1:
+        return f"{_NUMBER[count]} {obj.colour + ' ' if with_colour else ''}{_PLURAL[obj.shape]}"
+    return _article(f"{obj.colour} {obj.shape}" if with_colour else obj.shape)
+
+
+def _add_noise(rng: np.random.Generator, caption: str) -> str:
+    """A little web-caption noise: case, a typo, a tag line."""
+    caption = rng.choice(_PREFIXES) + caption + rng.choice(_SUFFIXES)
+    if rng.random() < 0.03 and len(caption) > 4:  # swap two neighbouring letters
+        i = int(rng.integers(1, len(caption) - 2))
+        caption = caption[:i] + caption[i + 1] + caption[i] + caption[i + 2:]
+    if rng.random() < 0.15:
+        caption = caption.capitalize()
+    elif rng.random() < 0.05:
+        caption = caption.upper()
+    return caption
+
+
+def write_caption(rng: np.random.Generator, objects: list[SceneObject], stuff: list[str]) -> str:
+    """Alt-text for a scene: the salient object or two, often with colour, sometimes the stuff."""
+    if rng.random() < 0.08 or not objects:  # the background is the picture
+        return _add_noise(rng, str(rng.choice(_STUFF_ALONE[stuff[0]])))
+    main = objects[0]
+    same = [o for o in objects if o.shape == main.shape]
+    if len(same) > 1 and rng.random() < 0.7:
+        phrase = _noun_phrase(rng, main, count=len(same))
+        others = [o for o in objects if o.shape != main.shape]
+    else:
+        phrase = _noun_phrase(rng, main)
+        others = [o for o in objects if o.shape != main.shape]  # never "a ring next to a ring"
+    if others and others[0].area > 0.25 * main.area and rng.random() < 0.5:
+        phrase += rng.choice([" and ", " with ", " next to "]) + _noun_phrase(rng, others[0])
+    if rng.random() < 0.35:
+        phrase += " " + str(rng.choice(_STUFF_PLACE[stuff[0]]))
+    return _add_noise(rng, phrase)
+
+
+# --------------------------------------------------------------------------------------------------
+# scenes
+
+def make_scene(rng: np.random.Generator, size: int = 64) -> Scene:
+    """One random scene: textured stuff regions, shapes on top, lighting, noise, blur, a caption."""
+    num_stuff = int(rng.integers(1, 4))
+    stuff_ids = rng.choice(len(STUFF), num_stuff, replace=False)
+    region = stuff_layout(rng, size, num_stuff)
+    stuff_map = stuff_ids[region].astype(np.uint8)
+    canvas = np.zeros((size, size, 3), np.float32)
+    for i, stuff_id in enumerate(stuff_ids):
+        canvas = np.where((region == i)[..., None], stuff_texture(STUFF[stuff_id], rng, size), canvas)
+
+    shape_map = np.zeros((size, size), np.uint8)
+    drawn: list[tuple[str, str]] = []
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    for _ in range(int(rng.integers(1, 5))):
+        shape = SHAPES[int(rng.integers(len(SHAPES)))]
+        colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+        area = np.exp(rng.uniform(np.log(MIN_AREA), np.log(MAX_AREA)))
+        radius = np.sqrt(area * size * size / _FILL[shape])
+        center = tuple(rng.uniform(0.15 * size, 0.85 * size, 2))
+        mask = shape_mask(shape, size, center, radius, angle=rng.uniform(0, 2 * np.pi))
+        if not mask.any():
+            continue
+        # the shape's colour, with shading across it and a little per-pixel variation
+        shading = 1 + 0.25 * ((x - center[0] / size) * np.cos(rng.uniform(0, 2 * np.pi)) + (y - center[1] / size))
+        paint = np.asarray(COLOURS[colour], np.float32) * shading[..., None] + rng.normal(0, 6, (size, size, 3))
+        canvas = np.where(mask[..., None], paint, canvas)
+        drawn.append((shape, colour))
+        shape_map[mask] = len(drawn)  # provisional: index into `drawn`, replaced below
+
+    objects, final = [], np.zeros_like(shape_map)
+    for index, (shape, colour) in enumerate(drawn, start=1):
+        visible = shape_map == index
+        if visible.sum() >= 4:  # a sliver left by occlusion is not an object anyone would caption
+            objects.append(SceneObject(shape, colour, float(visible.mean())))
+        final[visible] = 1 + SHAPES.index(shape)
+    objects.sort(key=lambda o: -o.area)
+
+    # lighting: brightness, contrast and a soft directional gradient; then sensor noise and blur
+    light = rng.uniform(0.75, 1.2) * (1 + 0.15 * ((x - 0.5) * rng.normal() + (y - 0.5) * rng.normal()))
+    contrast = rng.uniform(0.8, 1.15)
+    canvas = (canvas - 128) * contrast + 128
+    canvas = canvas * light[..., None] + rng.normal(0, rng.uniform(2, 8), canvas.shape)
+    image = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
+    if rng.random() < 0.5:
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.8)))
+
+    present = [STUFF[s] for s in sorted(set(stuff_map.flat), key=lambda s: -(stuff_map == s).sum())]
+    return Scene(image, final, stuff_map, objects, present, write_caption(rng, objects, present))
+
+
+def scenes(count: int, seed: int, image_size: int = 64) -> Iterator[Scene]:
+    """`count` scenes from one seed; scene i is the same whatever `count` is."""
+    for i in range(count):
+        yield make_scene(np.random.default_rng([seed, i]), image_size)
+
+
+def caption_pairs(count: int, seed: int, image_size: int = 64) -> Iterator[tuple[Image.Image, str]]:
+    """(image, caption) training pairs, as jobs/make_shards.py writes them."""
+    for scene in scenes(count, seed, image_size):
+        yield scene.image, scene.caption
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluation sets (the project's custom evaluation layout, read by tcl.data.benchmarks)
+
+def write_eval_set(root: str, name: str, count: int, seed: int, image_size: int = 64) -> str:
+    """Write `count` held-out scenes as images/NNNNN.png, labels/NNNNN.png and classes.txt.
+    Returns `root`. Use a seed different from the training shards' (the pipeline adds 10**6)."""
+    if name not in EVAL_SETS:
+        raise ValueError(f"unknown evaluation set {name!r}; known: {', '.join(EVAL_SETS)}")
+    os.makedirs(os.path.join(root, "images"), exist_ok=True)
+    os.makedirs(os.path.join(root, "labels"), exist_ok=True)
+    for i, scene in enumerate(scenes(count, seed, image_size)):
+        scene.image.save(os.path.join(root, "images", f"{i:05d}.png"))
+        Image.fromarray(scene.label_map(name)).save(os.path.join(root, "labels", f"{i:05d}.png"))
+    with open(os.path.join(root, "classes.txt"), "w") as f:
+        f.write("\n".join(EVAL_SETS[name]) + "\n")
+    return root
+
+
+def single_object_images(count: int, seed: int, image_size: int = 64) -> Iterator[tuple[Image.Image, str]]:
+    """(image, shape) pairs whose largest shape is at least twice as large as any other: the
+    zero-shot test of the tiny CLIP ("which of the 8 shapes is this?")."""
+    rng_index = 0
+    produced = 0
+    while produced < count:
+        scene = make_scene(np.random.default_rng([seed, 7, rng_index]), image_size)
+        rng_index += 1
+        objects = scene.objects
+        if objects and (len(objects) == 1 or objects[0].area >= 2 * objects[1].area):
+            produced += 1
+            yield scene.image, objects[0].shape
+
+
+def preview(path: str, count: int = 16, seed: int = 0, image_size: int = 96) -> str:
+    """A grid of scenes, each with its caption and its shapes-stuff label map."""
+    from tcl.visualize import label_png
+
+    columns = 4
+    tile_h = 2 * image_size + 28
+    sheet = Image.new("RGB", (columns * (image_size + 8), ((count + columns - 1) // columns) * tile_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, scene in enumerate(scenes(count, seed, image_size)):
+        x0, y0 = (i % columns) * (image_size + 8), (i // columns) * tile_h
+        sheet.paste(scene.image, (x0, y0))
+        sheet.paste(label_png(scene.label_map("shapes-stuff"), EVAL_SETS["shapes-stuff"]).convert("RGB"), (x0, y0 + image_size))
+        caption = scene.caption if len(scene.caption) <= 24 else scene.caption[:22] + ".."
+        draw.text((x0, y0 + 2 * image_size + 4), caption, fill="black")
+    sheet.save(path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preview", metavar="PNG", help="write a grid of scenes with captions and label maps")
+    parser.add_argument("--eval-set", choices=list(EVAL_SETS), help="write an evaluation set to --output")
+    parser.add_argument("--output", help="folder for --eval-set")
+    parser.add_argument("--count", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-size", type=int, default=64)
+    args = parser.parse_args(argv)
+    if args.preview:
+        print(preview(args.preview, args.count, args.seed, max(args.image_size, 96)))
+    if args.eval_set:
+        if not args.output:
+            parser.error("--eval-set needs --output")
+        print(write_eval_set(args.output, args.eval_set, args.count, args.seed, args.image_size))
+    if not (args.preview or args.eval_set):
+        parser.print_help()
+
+
+if __name__ == "__main__":
+    main()
