@@ -1,0 +1,208 @@
+"""Samples/s per CPU of the training data pipeline on Ray Data against a bare single-process loop.
+
+(a) Ray Data: exactly the pipeline jobs/train.py trains on (`train_dataset`: read_shards ->
+    map_batches(ImageTextTransform): decode, random resized crop, normalise, tokenize),
+    consumed with iter_batches, on a local Ray instance with --num-cpus logical CPUs.
+(b) bare loop: one process reads the same Parquet files with pyarrow and applies the same
+    ImageTextTransform to batches of the same size.
+
+Per CPU: (a)'s samples/s is divided by the CPUs Ray actually used, counted from /proc as the
+CPU seconds (user + system) that the driver and the Ray worker processes spent during the timed
+pass, divided by its wall time. Raylet, GCS and the agents are shown apart (they serve all of
+Ray, not this pipeline), and so is the figure per *logical* CPU (wall samples/s / --num-cpus),
+which also charges the time a CPU slot sat idle. (b) is charged its own CPU time the same way
+(its wall and CPU time agree, one thread doing the work). Target: (a) per CPU >= 0.8 x (b).
+
+Shards are made first in a temporary folder: the synthetic world (tcl.data.synthetic) when it
+is importable, else random-noise PNGs with short captions.
+
+    python bench/data_pipeline.py                                  # 1024 images of 224 px, 2 CPUs
+    python bench/data_pipeline.py --count 4096 --num-cpus 8 --batch-size 128
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from typing import Iterator
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jobs"))
+
+import numpy as np  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import train as train_job  # noqa: E402  (jobs/train.py: the pipeline under test)
+from tcl import config as config_lib  # noqa: E402
+from tcl.clip import make_tokenizer  # noqa: E402
+from tcl.data import shards  # noqa: E402
+from tcl.training import TrainConfig  # noqa: E402
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# ------------------------------------------------------------------ shards
+
+def image_caption_pairs(count: int, image_size: int, seed: int = 0) -> tuple[str, Iterator[tuple[Image.Image, str]]]:
+    try:
+        from tcl.data.synthetic import caption_pairs
+    except ImportError:
+        pass
+    else:
+        return "synthetic world", caption_pairs(count=count, seed=seed, image_size=image_size)
+
+    def random_pairs() -> Iterator[tuple[Image.Image, str]]:
+        rng = np.random.default_rng(seed)
+        colors, things = ["red", "green", "blue", "yellow"], ["square", "circle", "car", "tree", "dog"]
+        for i in range(count):
+            pixels = rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8)
+            yield Image.fromarray(pixels), f"a photo of a {colors[i % 4]} {things[i % 5]}"
+    return "random PNG", random_pairs()
+
+
+def make_shards(folder: str, count: int, image_size: int, rows_per_shard: int) -> str:
+    source, pairs = image_caption_pairs(count, image_size)
+    rows = ((shards.encode_image(image, "PNG"), caption) for image, caption in pairs)
+    shards.write_shards(rows, folder, rows_per_shard=rows_per_shard, row_group_size=rows_per_shard)
+    return source
+
+
+# ------------------------------------------------------------------ CPU accounting via /proc
+
+def _stat(pid: int) -> tuple[int, int, str] | None:
+    """(parent pid, CPU ticks user + system, command line) of a live process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        return int(fields[1]), int(fields[11]) + int(fields[12]), cmdline
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def ray_cpu_seconds() -> dict[str, float]:
+    """CPU seconds so far of this process ("driver"), Ray worker processes ("workers") and Ray's
+    own daemons ("system": raylet, GCS, agents), found as descendants of this driver, which
+    started the local Ray instance."""
+    stats = {int(e): s for e in os.listdir("/proc") if e.isdigit() and (s := _stat(int(e))) is not None}
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _, _) in stats.items():
+        children.setdefault(parent, []).append(pid)
+    me = os.getpid()
+    totals = {"driver": stats[me][1] / CLOCK_TICKS, "workers": 0.0, "system": 0.0}
+    frontier = list(children.get(me, []))
+    while frontier:
+        pid = frontier.pop()
+        _, ticks, cmdline = stats[pid]
+        is_worker = cmdline.startswith("ray::") and "Agent" not in cmdline  # setproctitle: ray::IDLE, ray::MapBatches...
+        totals["workers" if is_worker else "system"] += ticks / CLOCK_TICKS
+        frontier.extend(children.get(pid, []))
+    return totals
+
+
+# ------------------------------------------------------------------ the two pipelines
+
+def ray_pass(dataset, batch_size: int) -> tuple[int, float, dict[str, float]]:
+    """(samples, wall seconds, CPU seconds by kind) of one full pass over the Ray Dataset."""
+    before, start = ray_cpu_seconds(), time.perf_counter()
+    samples = sum(len(batch["text"]) for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"))
+    wall, after = time.perf_counter() - start, ray_cpu_seconds()
+    return samples, wall, {k: after[k] - before[k] for k in after}
+
+
+def bare_pass(files: list[str], columns: tuple[str, str], transform, batch_size: int) -> tuple[int, float, float]:
+    """(samples, wall seconds, CPU seconds): the same files and transform, one process."""
+    start_wall, start_cpu = time.perf_counter(), time.process_time()
+    samples = 0
+    for path in files:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=list(columns)):
+            out = transform({"image": batch.column(0).to_numpy(zero_copy_only=False),
+                             "caption": batch.column(1).to_numpy(zero_copy_only=False)})
+            samples += len(out["text"])
+    return samples, time.perf_counter() - start_wall, time.process_time() - start_cpu
+
+
+def median(values: list[float]) -> float:
+    return float(np.median(values))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=1024, help="images in the shards (default: %(default)s)")
+    parser.add_argument("--image-size", type=int, default=224,
+                        help="stored image size and training crop size (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="optim.batch_size with one worker: the map_batches batch size (default: %(default)s)")
+    parser.add_argument("--num-cpus", type=int, default=2, help="logical CPUs of the local Ray instance (default: %(default)s)")
+    parser.add_argument("--rows-per-shard", type=int, default=128, help="rows per Parquet file (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes of each pipeline, median reported")
+    parser.add_argument("--stats", action="store_true", help="print Ray Data's stats of the last timed pass")
+    parser.add_argument("--tokenizer", default="ViT-B-16", help="open_clip model whose tokenizer is used")
+    args = parser.parse_args()
+
+    os.environ.pop("RAY_ADDRESS", None)  # CPU accounting needs the local instance this driver starts
+    with tempfile.TemporaryDirectory(prefix="tcl-bench-shards-") as folder:
+        start = time.perf_counter()
+        source = make_shards(folder, args.count, args.image_size, args.rows_per_shard)
+        files = shards.find_shard_files(folder)
+        print(f"shards: {args.count} {source} images of {args.image_size} px in {len(files)} files "
+              f"({time.perf_counter() - start:.1f} s to make)", flush=True)
+
+        cfg = config_lib.load(TrainConfig, None, [
+            f"data.shards={folder}", f"data.image_size={args.image_size}", f"optim.batch_size={args.batch_size}",
+            "run.num_workers=1", f"model.grounder.clip.model_name={args.tokenizer}",
+        ])
+        tokenizer = make_tokenizer(cfg.model.grounder.clip)
+        train_job.init_ray(argparse.Namespace(ray_address=None, num_cpus=args.num_cpus))
+        import ray.data
+
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        dataset = train_job.train_dataset(cfg, tokenizer, skip_counter=None)
+        # The batch size train_dataset gives map_batches, so both sides transform equal batches.
+        map_batch_size = max(16, cfg.optim.batch_size // max(1, cfg.run.num_workers))
+        bare_transform = shards.ImageTextTransform(tokenizer, image_size=cfg.data.image_size, scale=cfg.data.crop_scale,
+                                                   mean=cfg.model.grounder.image_mean, std=cfg.model.grounder.image_std)
+
+        columns = shards.resolve_columns(folder)
+        ray_pass(dataset, args.batch_size)  # warm-up: worker processes, imports, page cache
+        bare_pass(files, columns, bare_transform, map_batch_size)
+        ray_runs, bare_runs = [], []
+        for _ in range(args.repeats):  # interleaved, so a load change on the machine hits both
+            ray_runs.append(ray_pass(dataset, args.batch_size))
+            bare_runs.append(bare_pass(files, columns, bare_transform, map_batch_size))
+        if args.stats:
+            print(dataset.stats())
+        ray.shutdown()
+
+    assert all(r[0] == args.count for r in ray_runs + bare_runs), "a pass lost samples"
+    ray_wall = median([r[1] for r in ray_runs])
+    ray_cpu = {k: median([r[2][k] for r in ray_runs]) for k in ("driver", "workers", "system")}
+    bare_wall, bare_cpu = median([r[1] for r in bare_runs]), median([r[2] for r in bare_runs])
+    used = ray_cpu["driver"] + ray_cpu["workers"]
+    ray_rate, bare_rate = args.count / ray_wall, args.count / bare_wall
+
+    rows = [
+        ("(a) Ray Data, per CPU used", ray_rate, used / ray_wall, ray_rate / (used / ray_wall)),
+        ("(a) ... + raylet/GCS/agents", ray_rate, (used + ray_cpu["system"]) / ray_wall,
+         ray_rate / ((used + ray_cpu["system"]) / ray_wall)),
+        ("(a) ... per logical CPU", ray_rate, float(args.num_cpus), ray_rate / args.num_cpus),
+        ("(b) bare loop, 1 process", bare_rate, bare_cpu / bare_wall, bare_rate / (bare_cpu / bare_wall)),
+    ]
+    print(f"\n{args.count} images {args.image_size} px -> crops {cfg.data.image_size} px, batch {map_batch_size}, "
+          f"Ray num_cpus={args.num_cpus}, {os.cpu_count()} cores on the machine, median of {args.repeats} passes")
+    print(f"{'':30s} {'samples/s':>10s} {'CPUs':>6s} {'samples/s/CPU':>14s}")
+    for name, rate, cpus, per_cpu in rows:
+        print(f"{name:30s} {rate:10.1f} {cpus:6.2f} {per_cpu:14.1f}")
+    print(f"Ray CPU seconds per pass: driver {ray_cpu['driver']:.2f}, workers {ray_cpu['workers']:.2f}, "
+          f"raylet/GCS/agents {ray_cpu['system']:.2f}; bare loop {bare_cpu:.2f}")
+    ratio = rows[0][3] / rows[3][3]
+    print(f"per-CPU samples/s, Ray Data / bare loop: {ratio:.2f} (target >= 0.8) -> {'PASS' if ratio >= 0.8 else 'FAIL'}")
+    print(f"  with Ray's daemons counted: {rows[1][3] / rows[3][3]:.2f}; per logical CPU: {rows[2][3] / rows[3][3]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
