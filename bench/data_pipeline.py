@@ -164,8 +164,7 @@ def main() -> None:
         dataset = train_job.train_dataset(cfg, tokenizer, skip_counter=None)
         # The batch size train_dataset gives map_batches, so both sides transform equal batches.
         map_batch_size = max(16, cfg.optim.batch_size // max(1, cfg.run.num_workers))
-        bare_transform = shards.ImageTextTransform(tokenizer, image_size=cfg.data.image_size, scale=cfg.data.crop_scale,
-                                                   mean=cfg.model.grounder.image_mean, std=cfg.model.grounder.image_std)
+        bare_transform = shards.ImageTextTransform(tokenizer, image_size=cfg.data.image_size, scale=cfg.data.crop_scale)
 
         columns = shards.resolve_columns(folder)
         ray_pass(dataset, args.batch_size)  # warm-up: worker processes, imports, page cache

@@ -63,13 +63,12 @@ def storage_for(uri: str, endpoint_url: str | None):
 
 
 def train_dataset(cfg: TrainConfig, tokenizer, skip_counter):
-    """Ray Data pipeline: Parquet shards -> decode + crop + normalise + tokenize in CPU tasks."""
+    """Ray Data pipeline: Parquet shards -> decode + crop + tokenize in CPU tasks (uint8 images)."""
     from tcl.data.shards import ImageTextTransform, read_shards
 
     if not cfg.data.shards:
         raise SystemExit("data.shards is not set: give the Parquet shards' folder or s3:// prefix (data.shards=...)")
-    transform = ImageTextTransform(tokenizer, image_size=cfg.data.image_size, scale=cfg.data.crop_scale,
-                                   mean=cfg.model.grounder.image_mean, std=cfg.model.grounder.image_std, skip_counter=skip_counter)
+    transform = ImageTextTransform(tokenizer, image_size=cfg.data.image_size, scale=cfg.data.crop_scale, skip_counter=skip_counter)
     dataset = read_shards(cfg.data.shards, image_column=cfg.data.image_column, caption_column=cfg.data.caption_column,
                           endpoint_url=cfg.data.endpoint_url, shuffle_files_seed=cfg.run.seed)
     return dataset.map_batches(transform, batch_format="numpy", batch_size=max(16, cfg.optim.batch_size // max(1, cfg.run.num_workers)))

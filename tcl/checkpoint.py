@@ -35,7 +35,7 @@ def trainable_state_dict(grounder: Grounder) -> dict[str, torch.Tensor]:
 
 def save_grounder(directory: str, grounder: Grounder) -> None:
     os.makedirs(directory, exist_ok=True)
-    config = grounder.config
+    config = dataclasses.replace(grounder.config, clip=grounder.clip.config)  # with its architecture resolved
     pretrained = config.clip.pretrained
     if not pretrained or pretrained_is_file(pretrained):
         save_file(_contiguous(grounder.clip.model.state_dict()), os.path.join(directory, CLIP_FILE))

@@ -59,6 +59,20 @@ def pretrained_is_file(pretrained: str | None) -> bool:
     return bool(pretrained) and (os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")))
 
 
+def with_architecture(config: CLIPConfig) -> CLIPConfig:
+    """Fill in model_cfg from an open_clip_config.json beside a local weights file (the layout of
+    open_clip's hub checkpoints, and of the CLIPs jobs/pretrain_clip.py saves), if there is one."""
+    if config.model_cfg is not None or not pretrained_is_file(config.pretrained):
+        return config
+    path = os.path.join(os.path.dirname(os.path.abspath(config.pretrained)), "open_clip_config.json")
+    if not os.path.isfile(path):
+        return config
+    import json
+
+    with open(path) as f:
+        return dataclasses.replace(config, model_cfg=json.load(f)["model_cfg"])
+
+
 def create_open_clip(config: CLIPConfig) -> nn.Module:
     """Build the open_clip model with its weights, or fail with an error that says why."""
     if config.pretrained and pretrained_is_file(config.pretrained) and not os.path.isfile(config.pretrained):
@@ -92,6 +106,7 @@ def create_open_clip(config: CLIPConfig) -> nn.Module:
 
 def make_tokenizer(config: CLIPConfig) -> Callable[[Sequence[str]], torch.Tensor]:
     """The tokenizer of the CLIP `config` describes (no weights needed): texts -> [N, L] int64."""
+    config = with_architecture(config)
     if config.model_cfg is not None:
         return open_clip.SimpleTokenizer(context_length=config.model_cfg.get("text_cfg", {}).get("context_length", 77))
     return open_clip.get_tokenizer(config.model_name)
@@ -126,7 +141,7 @@ class FrozenCLIP(nn.Module):
 
     def __init__(self, config: CLIPConfig):
         super().__init__()
-        self.config = config
+        self.config = config = with_architecture(config)
         self.model = create_open_clip(config)
         self.model.requires_grad_(False)
         self.model.eval()
@@ -246,3 +261,46 @@ def tiny_model_cfg(
         "vision_cfg": {"image_size": image_size, "patch_size": patch_size, "width": width, "layers": layers, "head_width": width // heads},
         "text_cfg": {"context_length": context_length, "vocab_size": 49408, "width": text_width, "heads": heads, "layers": text_layers},
     }
+
+
+class ContrastiveCLIP(nn.Module):
+    """A trainable open_clip CLIP with the standard contrastive loss: how the project makes its
+    own small CLIPs (jobs/pretrain_clip.py) where no pretrained one can be downloaded."""
+
+    def __init__(self, config: CLIPConfig):
+        super().__init__()
+        self.config = config
+        self.model = create_open_clip(config)
+
+    def forward(self, images: torch.Tensor, text_tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        from tcl.losses import info_nce
+
+        logit_scale = self.model.logit_scale.exp().clamp(max=100)
+        loss = info_nce(self.model.encode_image(images), self.model.encode_text(text_tokens), logit_scale)
+        return {"total": loss}
+
+    def save(self, directory: str) -> str:
+        """Write open_clip_model.safetensors (+ its architecture as open_clip_config.json); returns
+        the weights file, which CLIPConfig(pretrained=..., model_cfg=...) loads."""
+        import json
+
+        from safetensors.torch import save_file
+
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, CLIP_WEIGHTS_FILE)
+        save_file({k: v.detach().contiguous() for k, v in self.model.state_dict().items()}, path)
+        with open(os.path.join(directory, "open_clip_config.json"), "w") as f:
+            json.dump({"model_name": self.config.model_name, "model_cfg": self.config.model_cfg}, f, indent=2)
+        return path
+
+
+CLIP_WEIGHTS_FILE = "open_clip_model.safetensors"
+
+
+@torch.no_grad()
+def zero_shot_predictions(clip: FrozenCLIP, images: torch.Tensor, class_names: Sequence[str],
+                          templates: Sequence[str] = PROMPT_TEMPLATES) -> torch.Tensor:
+    """Index of the class whose prompted text embedding is nearest each image's embedding. [B]."""
+    text = clip.prompted_text_embedding(class_names, templates)
+    image = F.normalize(clip.encode_image(images).float(), dim=-1)
+    return (image @ text.t()).argmax(dim=-1)

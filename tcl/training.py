@@ -140,11 +140,11 @@ METRICS_FILE = "metrics.jsonl"
 
 @dataclasses.dataclass
 class Task:
-    """What the shared loop trains: TCL or a CLIP. `build` makes the module (on CPU), `step_losses`
-    returns a dict with "total", `save` writes the model files of a checkpoint directory."""
+    """What the shared loop trains: TCL or a CLIP. `build` makes the module (on CPU), whose
+    forward(images, text_tokens) returns its losses with "total"; `save` writes the model files
+    of a checkpoint directory."""
 
     build: Callable[[dict], nn.Module]
-    step_losses: Callable[[nn.Module, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
     save: Callable[[nn.Module, str], None]
     on_step: Callable[[nn.Module, int], bool] = lambda model, step: False  # True: trainable set changed
 
@@ -194,6 +194,8 @@ def train_loop_per_worker(config: dict) -> None:
     local_log = os.path.join(tempfile.gettempdir(), "tcl-runs", cfg.run.name, METRICS_FILE) if rank == 0 else None
     metrics_log = MetricsLog(local_log, history)
     shard = ray.train.get_dataset_shard("train")
+    image_mean = torch.tensor(cfg.model.grounder.image_mean, device=device).view(1, 3, 1, 1)
+    image_std = torch.tensor(cfg.model.grounder.image_std, device=device).view(1, 3, 1, 1)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     window_start, data_wait, window_samples = time.perf_counter(), 0.0, 0
 
@@ -209,8 +211,9 @@ def train_loop_per_worker(config: dict) -> None:
             lr = learning_rate(step, cfg.optim)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            images = (batch["image"].float() / 255 - image_mean) / image_std  # uint8 from the data pipeline
             with autocast:
-                losses = task.step_losses(ddp_model, batch["image"], batch["text"])
+                losses = ddp_model(images, batch["text"])
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
             grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.optim.grad_clip)
@@ -273,10 +276,6 @@ def _build_tcl(train_config: dict) -> nn.Module:
     return TCL(cfg.model)
 
 
-def _tcl_losses(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-    return model(images, tokens)
-
-
 def _save_tcl(model: nn.Module, directory: str) -> None:
     from tcl.checkpoint import save_grounder
 
@@ -287,6 +286,18 @@ def _tcl_schedule(model: nn.Module, step: int) -> bool:
     return model.apply_schedule(step)
 
 
+def _build_clip(train_config: dict) -> nn.Module:
+    """A CLIP trained from scratch, architecture from model.grounder.clip (jobs/pretrain_clip.py)."""
+    from tcl import config as config_lib
+    from tcl.clip import ContrastiveCLIP
+
+    clip = config_lib.from_dict(TrainConfig, train_config).model.grounder.clip
+    if clip.model_cfg is None:
+        raise ValueError("pretraining a CLIP needs model.grounder.clip.model_cfg (its architecture)")
+    return ContrastiveCLIP(dataclasses.replace(clip, pretrained=None))
+
+
 TASKS: dict[str, Task] = {
-    "tcl": Task(build=_build_tcl, step_losses=_tcl_losses, save=_save_tcl, on_step=_tcl_schedule),
+    "tcl": Task(build=_build_tcl, save=_save_tcl, on_step=_tcl_schedule),
+    "clip": Task(build=_build_clip, save=lambda model, directory: model.save(directory)),
 }

@@ -61,15 +61,11 @@ def exact_transform(**kw) -> shards.ImageTextTransform:
 
 
 def check_rows(images: np.ndarray, text: np.ndarray) -> None:
-    """Every output image is the solid colour of the row its tokens name, normalised."""
-    assert images.dtype == np.float32 and images.shape[1:] == (3, 8, 8)
+    """Every output image is the solid colour of the row its tokens name, as uint8 (normalised on the device)."""
+    assert images.dtype == np.uint8 and images.shape[1:] == (3, 8, 8)
     assert text.dtype == np.int64 and len(text) == len(images)
-    mean = np.array(shards.IMAGENET_MEAN, np.float32)
-    std = np.array(shards.IMAGENET_STD, np.float32)
     for img, tok in zip(images, text):
-        want = (np.array(COLOURS[tok[0]], np.float32) / 255 - mean) / std
-        np.testing.assert_allclose(img.mean(axis=(1, 2)), want, atol=2e-2)
-        assert img.std(axis=(1, 2)).max() < 1e-4  # still solid
+        assert (img == np.array(COLOURS[tok[0]], np.uint8).reshape(3, 1, 1)).all()  # the row's solid colour
 
 
 # --------------------------------------------------------------------------------------------------
@@ -125,7 +121,7 @@ def test_transform_random_crop_and_real_tokenizer():
     tf = shards.ImageTextTransform("ViT-B-16", image_size=24, scale=(0.08, 1.0))
     big = shards.encode_image(Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), np.uint8)), "PNG")
     out = tf({"image": np.array([big, big], dtype=object), "caption": np.array(["a red cube", "b"], dtype=object)})
-    assert out["image"].shape == (2, 3, 24, 24) and out["image"].dtype == np.float32
+    assert out["image"].shape == (2, 3, 24, 24) and out["image"].dtype == np.uint8
     assert out["text"].shape == (2, 77) and out["text"].dtype == np.int64
     assert not np.array_equal(out["image"][0], out["image"][1])  # two independent crops
 
