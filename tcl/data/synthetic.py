@@ -9,6 +9,14 @@ in the pixels is a real problem, as it is for web image-text pairs.
 Everything is drawn from a seeded numpy Generator: the same seed gives the same images, captions
 and label maps on every machine.
 
+Difficulty. How hard the world is decides whether a tiny CLIP learns it in minutes. Measured with
+the 4-layer, 64-wide ViT of configs/synthetic_clip.yaml trained to name the largest shape
+(supervised, batch 128, 300-400 steps, held-out accuracy): the full world 16%; one shape on flat
+grey, upright 97%, freely rotated 55%; one upright shape on textured stuff 92%, in random colours
+on grey 74%, in random colours on textured stuff 24%. Rotation and colour-on-texture are what
+make it hard; MAX_ROTATION is therefore 30 degrees (objects in photos are mostly upright), and
+MAX_SHAPES, MIN_AREA/MAX_AREA are module constants for experiments.
+
     python -m tcl.data.synthetic --preview preview.png          # a grid of scenes with captions
     python -m tcl.data.synthetic --eval-set shapes-things --output data/shapes-things --count 200
 """
