@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -20,3 +22,14 @@ def make_grounder(seed: int = 0) -> Grounder:
 @pytest.fixture
 def grounder() -> Grounder:
     return make_grounder()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray instance for a test module, with more logical CPUs than this machine's 2 cores
+    so that Ray Data and two training workers all get slots."""
+    import ray
+    os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
+    ray.init(num_cpus=8, include_dashboard=False, ignore_reinit_error=True)
+    yield
+    ray.shutdown()

@@ -37,15 +37,6 @@ def test_contrastive_clip_trains_both_towers_and_saves_a_loadable_clip(tmp_path)
     assert predictions.shape == (4,) and predictions.max() < 3
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-    os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
-    ray.init(num_cpus=8, include_dashboard=False, ignore_reinit_error=True)
-    yield
-    ray.shutdown()
-
-
 def test_pretrained_clip_becomes_the_frozen_clip_of_tcl(ray_cluster, tmp_path):
     from jobs import pretrain_clip
     from jobs import train as train_job

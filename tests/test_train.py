@@ -23,15 +23,6 @@ TINY = [
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic.yaml")
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-    os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
-    ray.init(num_cpus=8, include_dashboard=False, ignore_reinit_error=True)
-    yield
-    ray.shutdown()
-
-
 def write_shards(prefix: str, count: int, corrupt: int = 0, **s3) -> None:
     rng = np.random.default_rng(0)
     with ShardWriter(prefix, rows_per_shard=16, **s3) as writer:
