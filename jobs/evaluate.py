@@ -88,9 +88,12 @@ def evaluate_distributed(args: argparse.Namespace, dataset: str, actors: int, us
     from tcl.metrics import ConfusionMatrix
 
     benchmark = open_benchmark(dataset, args.data_root, limit=args.limit)
-    items = ray.data.from_items([{"index": i} for i in range(len(benchmark))], override_num_blocks=max(1, min(len(benchmark), 4 * actors)))
+    # a few images per call: Ray's per-task overhead is tens of ms, as much as a small image costs
+    per_call = max(1, min(8, len(benchmark) // (2 * actors)))
+    items = ray.data.from_items([{"index": i} for i in range(len(benchmark))],
+                                override_num_blocks=max(1, -(-len(benchmark) // per_call)))
     results = items.map_batches(
-        ConfusionActor, batch_size=1, concurrency=actors,
+        ConfusionActor, batch_size=per_call, concurrency=actors,
         num_gpus=1 if use_gpu else 0, num_cpus=0 if use_gpu else 1,
         fn_constructor_kwargs=dict(checkpoint=args.checkpoint, dataset=dataset, data_root=args.data_root, limit=args.limit,
                                    overrides=segmenter_overrides(args), pamr=not args.no_pamr, baseline=args.baseline))
