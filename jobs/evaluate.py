@@ -61,13 +61,10 @@ class ConfusionActor:
 
     def __init__(self, checkpoint: str, dataset: str, data_root: str | None, limit: int | None,
                  overrides: dict, pamr: bool, baseline: bool):
-        import torch
-
         from tcl.data.benchmarks import open_benchmark
         from tcl.evaluation import protocol_overrides
         from tcl.segment import Segmenter
 
-        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         self.benchmark = open_benchmark(dataset, data_root, limit=limit)
         self.segmenter = Segmenter.from_checkpoint(checkpoint, **overrides)
         self.overrides = protocol_overrides(self.benchmark, pamr=pamr, baseline=baseline)
@@ -161,6 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
     from jobs.train import init_ray
 
     from tcl.checkpoint import load_grounder_config, resolve_checkpoint
+    from tcl.evaluation import EvaluationResult
     from tcl.storage import is_s3
 
     if not is_s3(args.checkpoint):  # fail here, with one clear message, not in every actor
@@ -179,12 +177,10 @@ def main(argv: list[str] | None = None) -> dict:
     for dataset in dataset_names(args.datasets):
         start = time.perf_counter()
         benchmark, confusion = evaluate_distributed(args, dataset, actors, use_gpu=gpus > 0)
-        seconds = time.perf_counter() - start
-        rows[dataset] = {"title": title(dataset), "miou": confusion.miou, "images": len(benchmark), "seconds": seconds,
-                         "iou": {c: (None if np.isnan(v) else float(v)) for c, v in zip(benchmark.class_names, confusion.iou)},
-                         "confusion": confusion.matrix.tolist()}
-        print(f"{title(dataset)}: mIoU {100 * confusion.miou:.1f} over {len(benchmark)} images "
-              f"({seconds:.1f}s, {len(benchmark) / seconds:.2f} images/s, {actors} actors)", flush=True)
+        result = EvaluationResult(benchmark.name, benchmark.class_names, confusion, len(benchmark), time.perf_counter() - start)
+        rows[dataset] = {**result.as_dict(), "title": title(dataset), "confusion": confusion.matrix.tolist()}
+        print(f"{title(dataset)}: mIoU {100 * result.miou:.1f} over {result.images} images "
+              f"({result.seconds:.1f}s, {result.images / result.seconds:.2f} images/s, {actors} actors)", flush=True)
     table = write_outputs(args.output, rows, method)
     print("\n" + table + f"\n\ntables and charts in {args.output}/")
     return rows

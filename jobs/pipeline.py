@@ -28,6 +28,7 @@ from jobs import train as train_job  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL_SEED = 10 ** 6  # held-out scenes: training shards use seeds below this
+SCENE_PROTOCOL = {"short_side": 64, "window": 64, "stride": 32}  # 64 px scenes: one window each; the rest as the protocol
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,8 +72,7 @@ def evaluate_all(checkpoint: str, sets: dict[str, str]) -> dict[str, dict[str, f
     from tcl.evaluation import evaluate
     from tcl.segment import Segmenter
 
-    # 64 px scenes: one 64 px window per image; the rest of the protocol as for the benchmarks
-    segmenter = Segmenter.from_checkpoint(checkpoint, short_side=64, window=64, stride=32)
+    segmenter = Segmenter.from_checkpoint(checkpoint, **SCENE_PROTOCOL)
     results: dict[str, dict[str, float]] = {}
     for method, baseline in (("baseline (frozen CLIP, KP only)", True), ("TCL", False)):
         results[method] = {}
@@ -89,7 +89,7 @@ def write_overlays(checkpoint: str, folder: str, count: int = 6) -> list[str]:
     from tcl.visualize import overlay_with_legend
 
     os.makedirs(folder, exist_ok=True)
-    segmenter = Segmenter.from_checkpoint(checkpoint, short_side=64, window=64, stride=32, background_threshold=None)
+    segmenter = Segmenter.from_checkpoint(checkpoint, **SCENE_PROTOCOL, background_threshold=None)
     vocabulary = list(synthetic.EVAL_SETS["shapes-stuff"])
     paths = []
     for i, scene in enumerate(synthetic.scenes(count, EVAL_SEED + 1, image_size=64)):

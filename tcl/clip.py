@@ -59,12 +59,16 @@ def pretrained_is_file(pretrained: str | None) -> bool:
     return bool(pretrained) and (os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")))
 
 
+CLIP_WEIGHTS_FILE = "open_clip_model.safetensors"  # open_clip's hub layout: weights ...
+CLIP_CONFIG_FILE = "open_clip_config.json"  # ... and {"model_cfg": architecture} beside them
+
+
 def with_architecture(config: CLIPConfig) -> CLIPConfig:
     """Fill in model_cfg from an open_clip_config.json beside a local weights file (the layout of
     open_clip's hub checkpoints, and of the CLIPs jobs/pretrain_clip.py saves), if there is one."""
     if config.model_cfg is not None or not pretrained_is_file(config.pretrained):
         return config
-    path = os.path.join(os.path.dirname(os.path.abspath(config.pretrained)), "open_clip_config.json")
+    path = os.path.join(os.path.dirname(os.path.abspath(config.pretrained)), CLIP_CONFIG_FILE)
     if not os.path.isfile(path):
         return config
     import json
@@ -289,12 +293,9 @@ class ContrastiveCLIP(nn.Module):
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, CLIP_WEIGHTS_FILE)
         save_file({k: v.detach().contiguous() for k, v in self.model.state_dict().items()}, path)
-        with open(os.path.join(directory, "open_clip_config.json"), "w") as f:
+        with open(os.path.join(directory, CLIP_CONFIG_FILE), "w") as f:
             json.dump({"model_name": self.config.model_name, "model_cfg": self.config.model_cfg}, f, indent=2)
         return path
-
-
-CLIP_WEIGHTS_FILE = "open_clip_model.safetensors"
 
 
 @torch.no_grad()
