@@ -6,14 +6,23 @@
                          (random init or a local file), so small and custom CLIPs travel along
 
 Training checkpoints add their own files (optimizer, step) beside these.
+
+`import_official` turns the official release (kakaobrain/tcl v1.0.0 `tcl.pth`, the trained parts
+only; its frozen CLIP is OpenAI ViT-B/16) into such a directory:
+
+    python -m tcl.checkpoint import-official tcl.pth checkpoints/tcl-official
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import glob
 import json
 import os
+import pickle
+import re
 import tempfile
+import types
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -95,6 +104,130 @@ def load_grounder(path: str, device: str | torch.device = "cpu", **s3_options) -
     return grounder.to(device)
 
 
+# --------------------------------------------------------------------------------------------------
+# the official checkpoint
+
+# Official key (regex on kakaobrain/tcl's TCL.state_dict()) -> ours. Its Masker holds the copied
+# last CLIP block (`backbone.transformer.resblocks.0`, run with self-only attention), the grounding
+# decoder (`net.i` = our upsample stage i; its `conv`/`conv2` = our block1/block2, each with a
+# pre-activation LayerNorm2d -> GELU -> conv and a tanh gate), CLIP's ln_post and proj applied
+# after the decoder (`image_proj`), and Eq. 5's w and b (`sim2mask`). Same structure as ours.
+_OFFICIAL_KEYS = [
+    (r"masker\.image_encoder\.backbone\.transformer\.resblocks\.0\.(.+)", r"self_only_block.\1"),
+    (r"masker\.image_encoder\.decoder\.decoder\.net\.(\d+)\.conv\.gate\.gate", r"grounding_decoder.\1.block1.gate"),
+    (r"masker\.image_encoder\.decoder\.decoder\.net\.(\d+)\.conv2\.gate\.gate", r"grounding_decoder.\1.block2.gate"),
+    (r"masker\.image_encoder\.decoder\.decoder\.net\.(\d+)\.conv\.(norm|conv)\.(weight|bias)", r"grounding_decoder.\1.block1.\2.\3"),
+    (r"masker\.image_encoder\.decoder\.decoder\.net\.(\d+)\.conv2\.(norm|conv)\.(weight|bias)", r"grounding_decoder.\1.block2.\2.\3"),
+    (r"masker\.image_encoder\.decoder\.image_proj\.ln\.(weight|bias)", r"ln_post.\1"),
+    (r"masker\.image_encoder\.decoder\.image_proj\.proj", "proj"),
+    (r"masker\.sim2mask\.w", "mask_weight"),
+    (r"masker\.sim2mask\.b", "mask_bias"),
+]
+# Training-only parameters (the losses' temperatures) and the frozen CLIP, which we load from open_clip.
+_OFFICIAL_IGNORED = re.compile(r"(tcli_loss|tclf_loss)\.logit_scale|clip_(image|text)_encoder\..+")
+
+
+def official_to_grounder_state(official: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename an official TCL state dict to our Grounder's keys. Raises on any key it cannot place
+    (for instance a Masker with more than one copied block, i.e. ie_freeze below L-1)."""
+    ours, unknown = {}, []
+    for key, value in official.items():
+        key = key.removeprefix("module.")
+        if _OFFICIAL_IGNORED.fullmatch(key):
+            continue
+        for pattern, target in _OFFICIAL_KEYS:
+            if re.fullmatch(pattern, key):
+                ours[re.sub(pattern, target, key)] = value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"official TCL checkpoint has keys with no place in this model: {unknown[:8]}"
+                         + (f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""))
+    return ours
+
+
+class _Opaque:
+    """Stands in for classes the official checkpoint pickles beside the weights (its OmegaConf
+    training config) when their package is not installed; the weights do not need them."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+
+class _LenientUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError):
+            return _Opaque
+
+
+def load_official_state(path: str, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """The state dict of an official TCL `.pth` (a {"model": state_dict, ...} pickle).
+
+    Loaded with torch's weights-only unpickler first. The release also pickles its training config
+    (OmegaConf objects), which that unpickler refuses: loading it anyway runs pickle code from
+    the file, so it needs `trust_pickle=True` (only for files you trust, such as the GitHub release).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"official TCL checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if not trust_pickle:
+            raise ValueError(
+                f"{path} holds pickled Python objects besides tensors (the official release pickles its "
+                f"OmegaConf config), so it cannot be loaded weights-only; pass --trust-pickle "
+                f"(trust_pickle=True) if you trust the file. ({str(error).splitlines()[0]})"
+            ) from None
+        lenient = types.SimpleNamespace(Unpickler=_LenientUnpickler, load=pickle.load, __name__="lenient_pickle")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, pickle_module=lenient)
+    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} is not a TCL checkpoint: expected a state dict or {{'model': state dict}}")
+    return state
+
+
+def import_official(path: str, output: str, clip: CLIPConfig | None = None, trust_pickle: bool = False) -> Grounder:
+    """Import the official TCL checkpoint into a Grounder on `clip` (default: open_clip's
+    ViT-B-16 with the `openai` weights, the official frozen CLIP) and save it as our checkpoint
+    directory `output`. Every trained tensor must land in the model, and every trained part of the
+    model must come from the file."""
+    clip = clip or CLIPConfig(model_name="ViT-B-16", pretrained="openai")
+    state = official_to_grounder_state(load_official_state(path, trust_pickle))
+    grounder = Grounder(GrounderConfig(clip=clip))
+    expected = trainable_state_dict(grounder)
+    missing = sorted(set(expected) - set(state))
+    wrong_shape = [f"{k}: {tuple(v.shape)} in the file, {tuple(expected[k].shape)} in the model"
+                   for k, v in state.items() if k in expected and v.shape != expected[k].shape]
+    if missing or wrong_shape:
+        raise ValueError(f"{path} does not fit {clip.model_name}: missing {missing}, shape mismatches {wrong_shape}")
+    grounder.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=False)
+    save_grounder(output, grounder)
+    return grounder
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tcl.checkpoint", description="TCL checkpoint tools.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("import-official", help="import kakaobrain/tcl's released tcl.pth as a checkpoint directory")
+    p.add_argument("source", help="the official .pth file (github.com/kakaobrain/tcl/releases/download/v1.0.0/tcl.pth)")
+    p.add_argument("output", help="checkpoint directory to write (config.json + grounder.safetensors)")
+    p.add_argument("--clip-model", default="ViT-B-16", help="open_clip model name of the frozen CLIP (default ViT-B-16)")
+    p.add_argument("--clip-pretrained", default="openai", help="open_clip tag or local weights file (default openai)")
+    p.add_argument("--trust-pickle", action="store_true", help="allow the file's pickled config objects (trusted files only)")
+    args = parser.parse_args(argv)
+    try:
+        import_official(args.source, args.output, CLIPConfig(args.clip_model, args.clip_pretrained), args.trust_pickle)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
+    print(f"wrote {args.output}: evaluate with python jobs/evaluate.py --checkpoint {args.output} --datasets all --data-root DATA")
+
+
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
@@ -106,4 +239,8 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["save_grounder", "load_grounder", "load_grounder_config", "trainable_state_dict", "CLIPConfig"]
+__all__ = ["save_grounder", "load_grounder", "load_grounder_config", "trainable_state_dict", "import_official",
+           "official_to_grounder_state", "CLIPConfig"]
+
+if __name__ == "__main__":
+    main()
