@@ -10,7 +10,8 @@ GPUs, CPU actors otherwise) emitting one int64 confusion matrix per image, summe
 
 Data sets: voc, context, coco_object, voc20, context59, coco_stuff, cityscapes, ade20k (or
 `all`), and custom:FOLDER for the custom layout. Writes results.md (the paper's Table 1 layout),
-results.csv and results.json (per-class IoU) to --output, and a per-class IoU bar chart per set.
+results.csv and results.json (per-class IoU) to --output, a per-class IoU bar chart per set, and
+overlays/<set>/*.png: the first --overlays images of each set, prediction beside ground truth.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--baseline", action="store_true", help="the frozen CLIP alone (MaskCLIP dense features, KP weight 1)")
     p.add_argument("--no-pamr", action="store_true", help="without PAMR (background threshold 0.5 instead of 0.4)")
     p.add_argument("--limit", type=int, default=None, help="first N images of each set, for quick runs")
+    p.add_argument("--overlays", type=int, default=4, help="prediction overlays written per set (default: %(default)s)")
     p.add_argument("--actors", type=int, default=None, help="Segmenter actors (default: one per GPU, else 2 on CPU)")
     p.add_argument("--short-side", type=int, default=None, help="protocol override (default 448)")
     p.add_argument("--window", type=int, default=None, help="protocol override (default 448)")
@@ -57,10 +59,11 @@ def segmenter_overrides(args: argparse.Namespace) -> dict:
 
 
 class ConfusionActor:
-    """One Segmenter per actor; a batch of sample indices -> their confusion matrices (flattened)."""
+    """One Segmenter per actor; a batch of sample indices -> their confusion matrices (flattened),
+    and for the first `overlays` images of the set a PNG of the prediction beside the ground truth."""
 
     def __init__(self, checkpoint: str, dataset: str, data_root: str | None, limit: int | None,
-                 overrides: dict, pamr: bool, baseline: bool):
+                 overrides: dict, pamr: bool, baseline: bool, overlays: int = 0):
         from tcl.data.benchmarks import open_benchmark
         from tcl.evaluation import protocol_overrides
         from tcl.segment import Segmenter
@@ -68,17 +71,31 @@ class ConfusionActor:
         self.benchmark = open_benchmark(dataset, data_root, limit=limit)
         self.segmenter = Segmenter.from_checkpoint(checkpoint, **overrides)
         self.overrides = protocol_overrides(self.benchmark, pamr=pamr, baseline=baseline)
+        self.overlays = overlays
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import io
+
         from tcl.evaluation import sample_confusion
 
-        matrices = [sample_confusion(self.segmenter, self.benchmark, self.benchmark.samples[int(i)], **self.overrides).ravel()
-                    for i in batch["index"]]
-        return {"index": batch["index"], "confusion": np.stack(matrices)}
+        matrices, pngs = [], []
+        for i in batch["index"]:
+            sample = self.benchmark.samples[int(i)]
+            if i < self.overlays:
+                matrix, picture = sample_confusion(self.segmenter, self.benchmark, sample, overlay=True, **self.overrides)
+                buffer = io.BytesIO()
+                picture.save(buffer, format="PNG")
+                pngs.append(buffer.getvalue())
+            else:
+                matrix = sample_confusion(self.segmenter, self.benchmark, sample, **self.overrides)
+                pngs.append(b"")
+            matrices.append(matrix.ravel())
+        return {"index": batch["index"], "confusion": np.stack(matrices), "overlay": np.array(pngs, dtype=object)}
 
 
 def evaluate_distributed(args: argparse.Namespace, dataset: str, actors: int, use_gpu: bool):
-    """Sum of the per-image confusion matrices computed by `actors` Segmenter actors."""
+    """Sum of the per-image confusion matrices computed by `actors` Segmenter actors; overlays of
+    the first images written to --output/overlays/<set>/."""
     import ray
 
     from tcl.data.benchmarks import open_benchmark
@@ -93,15 +110,27 @@ def evaluate_distributed(args: argparse.Namespace, dataset: str, actors: int, us
         ConfusionActor, batch_size=per_call, concurrency=actors,
         num_gpus=1 if use_gpu else 0, num_cpus=0 if use_gpu else 1,
         fn_constructor_kwargs=dict(checkpoint=args.checkpoint, dataset=dataset, data_root=args.data_root, limit=args.limit,
-                                   overrides=segmenter_overrides(args), pamr=not args.no_pamr, baseline=args.baseline))
+                                   overrides=segmenter_overrides(args), pamr=not args.no_pamr, baseline=args.baseline,
+                                   overlays=args.overlays))
     total = ConfusionMatrix(benchmark.num_classes, benchmark.ignore_index)
     seen = 0
     for batch in results.iter_batches(batch_format="numpy", batch_size=None):
         total.matrix += batch["confusion"].reshape(-1, benchmark.num_classes, benchmark.num_classes).sum(axis=0)
         seen += len(batch["index"])
+        for i, png in zip(batch["index"], batch["overlay"]):
+            if png:
+                folder = os.path.join(args.output, "overlays", safe_name(dataset))
+                os.makedirs(folder, exist_ok=True)
+                with open(os.path.join(folder, safe_name(benchmark.samples[int(i)].key) + ".png"), "wb") as f:
+                    f.write(png)
     if seen != len(benchmark):
         raise RuntimeError(f"{dataset}: {seen} of {len(benchmark)} images evaluated")
     return benchmark, total
+
+
+def safe_name(dataset: str) -> str:
+    """A file name for a data set name (custom:FOLDER holds slashes)."""
+    return dataset.replace(":", "_").replace("/", "_")
 
 
 def title(dataset: str) -> str:
@@ -130,7 +159,7 @@ def write_outputs(output: str, rows: dict[str, dict], method: str) -> str:
     with open(os.path.join(output, "results.json"), "w") as f:
         json.dump({"method": method, "datasets": rows, "average_miou": float(np.mean(scores))}, f, indent=2)
     for n in names:
-        plot_class_iou(rows[n], os.path.join(output, f"iou-{n.replace(':', '_').replace('/', '_')}.png"))
+        plot_class_iou(rows[n], os.path.join(output, f"iou-{safe_name(n)}.png"))
     return table
 
 

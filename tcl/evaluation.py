@@ -38,11 +38,29 @@ def predict_labels(segmenter: Segmenter, benchmark: Benchmark, images: list, **o
     return [np.asarray(r.labels, dtype=np.int64) for r in results]
 
 
-def sample_confusion(segmenter: Segmenter, benchmark: Benchmark, sample: Sample, **overrides) -> np.ndarray:
-    """int64 [C, C] confusion matrix of one image (rows: ground truth)."""
+def sample_confusion(segmenter: Segmenter, benchmark: Benchmark, sample: Sample, overlay: bool = False, **overrides):
+    """int64 [C, C] confusion matrix of one image (rows: ground truth); with `overlay`, also the
+    picture of its prediction beside its ground truth (see comparison_overlay)."""
     image, label = benchmark.load(sample)
     [prediction] = predict_labels(segmenter, benchmark, [image], **overrides)
-    return confusion_matrix(prediction, label, benchmark.num_classes, benchmark.ignore_index)
+    matrix = confusion_matrix(prediction, label, benchmark.num_classes, benchmark.ignore_index)
+    return (matrix, comparison_overlay(image, prediction, label, benchmark)) if overlay else matrix
+
+
+def comparison_overlay(image, prediction: np.ndarray, label: np.ndarray, benchmark: Benchmark):
+    """The prediction's overlay beside the ground truth's, each with its legend (ignored pixels
+    left unpainted)."""
+    from PIL import Image
+
+    from tcl.visualize import overlay_with_legend
+
+    names = list(benchmark.class_names)
+    panels = [overlay_with_legend(image, prediction, names, title="prediction"),
+              overlay_with_legend(image, label, names, title="ground truth", ignore_index=benchmark.ignore_index)]
+    canvas = Image.new("RGB", (sum(p.width for p in panels) + 8, max(p.height for p in panels)), (255, 255, 255))
+    canvas.paste(panels[0], (0, 0))
+    canvas.paste(panels[1], (panels[0].width + 8, 0))
+    return canvas
 
 
 @dataclasses.dataclass

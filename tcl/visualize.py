@@ -34,19 +34,23 @@ def label_png(labels: np.ndarray, class_names: Sequence[str]) -> Image.Image:
 
 
 def overlay_with_legend(
-    image: Image.Image, labels: np.ndarray, class_names: Sequence[str], alpha: float = 0.5, title: str | None = None
+    image: Image.Image, labels: np.ndarray, class_names: Sequence[str], alpha: float = 0.5, title: str | None = None,
+    ignore_index: int | None = None,
 ) -> Image.Image:
-    """The image with the label map blended in, and a legend of the classes present with their areas."""
+    """The image with the label map blended in, and a legend of the classes present with their
+    areas. Pixels labelled `ignore_index` are left as they are and not counted."""
     has_background = bool(class_names) and class_names[0] == "background"
     colours = palette(len(class_names), has_background)
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    ignored = labels == ignore_index if ignore_index is not None else np.zeros(labels.shape, bool)
+    labels = np.where(ignored, 0, labels)
+    keep = ignored | (labels == 0) if has_background else ignored  # background and ignored pixels: as they are
     blend = alpha * colours[labels].astype(np.float32) + (1 - alpha) * rgb
-    if has_background:  # leave background pixels as they are
-        blend[labels == 0] = rgb[labels == 0]
+    blend[keep] = rgb[keep]
     blended = Image.fromarray(blend.round().clip(0, 255).astype(np.uint8))
 
     font = ImageFont.load_default()
-    counts = np.bincount(labels.ravel(), minlength=len(class_names)) / labels.size
+    counts = np.bincount(labels[~ignored], minlength=len(class_names)) / max(1, int((~ignored).sum()))
     present = [i for i in np.argsort(-counts) if counts[i] > 0]
     row = 14
     header = row if title else 0

@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import torch
+from PIL import Image
 
 from jobs import evaluate as evaluate_job
 from tcl.checkpoint import save_grounder
@@ -40,6 +41,11 @@ def test_two_actors_give_the_single_process_confusion_matrix(ray_cluster, tmp_pa
     assert "| TCL |" in table and "avg" in table
     assert (tmp_path / "out" / "results.csv").read_text().count("mIoU") == 2
     assert len(list((tmp_path / "out").glob("iou-*.png"))) == 2
+    for root in sets.values():  # --overlays 4 (the default): the first four images of each set
+        pictures = sorted((tmp_path / "out" / "overlays" / evaluate_job.safe_name(f"custom:{root}")).glob("*.png"))
+        assert [p.stem for p in pictures] == [s.key for s in open_custom(root).samples[:4]]
+        with Image.open(pictures[0]) as picture:
+            assert picture.width > 2 * 32 and picture.height >= 32  # prediction and ground truth side by side
 
     baseline = evaluate_job.main(["--checkpoint", str(tmp_path / "ckpt"), "--datasets", f"custom:{sets['shapes-stuff']}",
                                   "--actors", "1", "--baseline", "--output", str(tmp_path / "base"), *overrides])

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tcl.clip import CLIPConfig, tiny_model_cfg
 from tcl.data import synthetic
@@ -67,3 +68,14 @@ def test_baseline_mode_is_the_frozen_clip_alone(segmenter, sets):
     [direct] = segmenter.segment([image], list(benchmark.prompt_names), background_threshold=None, kp_weight=1.0)
     assert np.array_equal(baseline, direct.labels)
     assert not np.array_equal(baseline, tcl)
+
+
+def test_overlay_leaves_ignored_and_background_pixels_unpainted():
+    from tcl.visualize import overlay_with_legend, palette
+
+    image = Image.new("RGB", (6, 4), (100, 100, 100))
+    labels = np.array([[0, 0, 1, 1, 255, 255]] * 4)
+    picture = np.asarray(overlay_with_legend(image, labels, ["background", "star"], alpha=0.5, ignore_index=255))
+    assert (picture[:4, [0, 1, 4, 5]] == 100).all()  # background and ignored: the image itself
+    expected = np.round(0.5 * palette(2, has_background=True)[1] + 0.5 * 100)
+    assert (picture[:4, 2:4] == expected).all()
