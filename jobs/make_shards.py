@@ -175,10 +175,12 @@ def _finish_sample(key: str, parts: dict[str, bytes], skipped: Counter) -> Itera
         yield image, caption, posixpath.basename(key)
 
 
-def iter_synthetic(count: int, seed: int, image_size: int) -> Iterator[tuple[bytes, str, str]]:
-    from tcl.data.synthetic import caption_pairs
+def iter_synthetic(count: int, seed: int, image_size: int, world: list[str] | None = None) -> Iterator[tuple[bytes, str, str]]:
+    """The synthetic world's pairs; `world`: SceneConfig overrides as key=value strings."""
+    from tcl.data.synthetic import caption_pairs, scene_config
 
-    for i, (image, caption) in enumerate(caption_pairs(count=count, seed=seed, image_size=image_size)):
+    pairs = caption_pairs(count=count, seed=seed, image_size=image_size, world=scene_config(world or []))
+    for i, (image, caption) in enumerate(pairs):
         yield shards.encode_image(image, "PNG"), caption, f"{seed:04d}{i:09d}"
 
 
@@ -213,6 +215,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--count", type=int, default=1000)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--image-size", type=int, default=64)
+    g.add_argument("--world", action="append", default=[], metavar="KEY=VALUE",
+                   help="a SceneConfig value of tcl.data.synthetic, e.g. --world max_shapes=2 (repeatable)")
     args = p.parse_args(argv)
 
     need = {"folder": ["images", "captions"], "parquet": ["input"], "webdataset": ["input"], "synthetic": []}
@@ -232,7 +236,7 @@ def open_source(args: argparse.Namespace, skipped: Counter) -> Iterator[tuple[by
                             endpoint_url=ep, skipped=skipped)
     if args.source == "webdataset":
         return iter_webdataset(args.input, endpoint_url=ep, skipped=skipped)
-    return iter_synthetic(args.count, args.seed, args.image_size)
+    return iter_synthetic(args.count, args.seed, args.image_size, args.world)
 
 
 def existing_shards(output: str, endpoint_url: str | None) -> list[str]:

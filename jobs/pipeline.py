@@ -6,6 +6,11 @@
 
     python jobs/pipeline.py                       # everything, into outputs/pipeline/
     python jobs/pipeline.py --fresh               # start over instead of reusing finished stages
+    python jobs/pipeline.py --world max_shapes=4 --output outputs/harder   # another synthetic world
+
+The synthetic world (tcl.data.synthetic.SceneConfig, defaults: the main job's world) is set in one
+place, --world, and the same one makes the training shards, the evaluation sets, the overlays and
+the tiny CLIP's zero-shot test; it is recorded in <output>/world.json.
 
 Each stage leaves its result in the output folder and is skipped on a rerun when that result is
 there (shards, evaluation sets, the two training runs: Ray Train resumes an unfinished run from
@@ -15,6 +20,7 @@ features with the knowledge-preservation branch only (MaskCLIP), same CLIP, same
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -39,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clip-steps", type=int, default=None, help="tiny-CLIP steps (default: configs/synthetic_clip.yaml)")
     p.add_argument("--tcl-steps", type=int, default=None, help="TCL steps (default: configs/synthetic.yaml)")
     p.add_argument("--num-cpus", type=int, default=None, help="logical CPUs for the local Ray instance")
+    p.add_argument("--world", action="append", default=[], metavar="KEY=VALUE",
+                   help="a synthetic-world value (tcl.data.synthetic.SceneConfig), e.g. --world max_shapes=2; repeatable")
     p.add_argument("--fresh", action="store_true", help="delete the output folder first")
     p.add_argument("tcl_overrides", nargs="*", help="extra TCL config overrides, e.g. loss.area_weight=0")
     return p.parse_args(argv)
@@ -49,7 +57,23 @@ def stage(title: str) -> float:
     return time.perf_counter()
 
 
-def make_data(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
+def record_world(args: argparse.Namespace):
+    """The run's synthetic world, written to <output>/world.json; a rerun must ask for the same one."""
+    from tcl.data import synthetic
+
+    world = synthetic.scene_config(args.world)
+    path = os.path.join(args.output, "world.json")
+    values = dataclasses.asdict(world)
+    if os.path.isfile(path):
+        with open(path) as f:
+            if json.load(f) != values:
+                raise SystemExit(f"{args.output} was made in another synthetic world ({path}); pass --fresh or another --output")
+    with open(path, "w") as f:
+        json.dump(values, f, indent=2)
+    return world
+
+
+def make_data(args: argparse.Namespace, world) -> tuple[str, dict[str, str]]:
     from tcl.data import synthetic
 
     shards = os.path.join(args.output, "shards")
@@ -57,14 +81,18 @@ def make_data(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
         print(f"reusing shards in {shards}")
     else:
         make_shards.main(["--source", "synthetic", "--count", str(args.pairs), "--seed", "0", "--image-size", "64",
-                          "--rows-per-shard", "1000", "--output", shards])
+                          "--rows-per-shard", "1000", "--output", shards, *world_flags(args)])
     sets = {}
     for name in synthetic.EVAL_SETS:
         root = os.path.join(args.output, "eval", name)
         if not os.path.isfile(os.path.join(root, "classes.txt")):
-            synthetic.write_eval_set(root, name, args.eval_images, EVAL_SEED, image_size=64)
+            synthetic.write_eval_set(root, name, args.eval_images, EVAL_SEED, image_size=64, world=world)
         sets[name] = root
     return shards, sets
+
+
+def world_flags(args: argparse.Namespace) -> list[str]:
+    return [flag for value in args.world for flag in ("--world", value)]
 
 
 def evaluate_all(checkpoint: str, sets: dict[str, str]) -> dict[str, dict[str, float]]:
@@ -83,7 +111,7 @@ def evaluate_all(checkpoint: str, sets: dict[str, str]) -> dict[str, dict[str, f
     return results
 
 
-def write_overlays(checkpoint: str, folder: str, count: int = 6) -> list[str]:
+def write_overlays(checkpoint: str, folder: str, world, count: int = 6) -> list[str]:
     from tcl.data import synthetic
     from tcl.segment import Segmenter
     from tcl.visualize import overlay_with_legend
@@ -92,7 +120,7 @@ def write_overlays(checkpoint: str, folder: str, count: int = 6) -> list[str]:
     segmenter = Segmenter.from_checkpoint(checkpoint, **SCENE_PROTOCOL, background_threshold=None)
     vocabulary = list(synthetic.EVAL_SETS["shapes-stuff"])
     paths = []
-    for i, scene in enumerate(synthetic.scenes(count, EVAL_SEED + 1, image_size=64)):
+    for i, scene in enumerate(synthetic.scenes(count, EVAL_SEED + 1, image_size=64, world=world)):
         [result] = segmenter.segment(scene.image, vocabulary, with_probabilities=False)
         big = scene.image.resize((256, 256))
         labels = result.labels.repeat(4, 0).repeat(4, 1)
@@ -122,7 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
     timings = {}
 
     start = stage("1/5 synthetic shards and held-out evaluation sets")
-    shards, sets = make_data(args)
+    world = record_world(args)
+    shards, sets = make_data(args, world)
     timings["data"] = time.perf_counter() - start
 
     start = stage("2/5 tiny CLIP pretraining (Ray Train)")
@@ -130,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     clip_overrides = [f"data.shards={os.path.abspath(shards)}", f"run.storage={runs}"]
     if args.clip_steps:
         clip_overrides.append(f"optim.total_steps={args.clip_steps}")
-    clip = pretrain_clip.main(["--config", os.path.join(ROOT, "configs", "synthetic_clip.yaml"), *clip_overrides])
+    clip = pretrain_clip.main([*world_flags(args), "--config", os.path.join(ROOT, "configs", "synthetic_clip.yaml"), *clip_overrides])
     timings["clip"] = time.perf_counter() - start
 
     start = stage("3/5 TCL training (Ray Train, DDP over 2 workers)")
@@ -146,13 +175,13 @@ def main(argv: list[str] | None = None) -> dict:
     timings["evaluation"] = time.perf_counter() - start
 
     start = stage("5/5 overlays of held-out images")
-    overlays = write_overlays(tcl["checkpoint"], os.path.join(args.output, "overlays"))
+    overlays = write_overlays(tcl["checkpoint"], os.path.join(args.output, "overlays"), world)
     timings["overlays"] = time.perf_counter() - start
 
     table = results_table(results, clip["zero_shot_accuracy"])
     summary = {"results_miou": results, "clip_zero_shot_accuracy": clip["zero_shot_accuracy"],
                "clip_checkpoint": clip["checkpoint"], "tcl_checkpoint": tcl["checkpoint"], "overlays": overlays,
-               "seconds": timings}
+               "world": dataclasses.asdict(world), "seconds": timings}
     with open(os.path.join(args.output, "results.json"), "w") as f:
         json.dump(summary, f, indent=2)
     with open(os.path.join(args.output, "results.md"), "w") as f:

@@ -311,18 +311,19 @@ def test_make_shards_reshards_img2dataset_parquet(tmp_path):
 def test_make_shards_synthetic(tmp_path, monkeypatch):
     calls = []
 
-    def caption_pairs(count: int, seed: int, image_size: int):
-        calls.append((count, seed, image_size))
+    def caption_pairs(count: int, seed: int, image_size: int, world):
+        calls.append((count, seed, image_size, world))
         for i in range(count):
             yield Image.new("RGB", (image_size, image_size), COLOURS[i]), caption(i)
 
     fake = types.ModuleType("tcl.data.synthetic")
     fake.caption_pairs = caption_pairs
+    fake.scene_config = lambda overrides: tuple(overrides)
     monkeypatch.setitem(sys.modules, "tcl.data.synthetic", fake)
     out = tmp_path / "synth"
     assert make_shards.main(["--source", "synthetic", "--count", "5", "--seed", "3", "--image-size", "12",
-                             "--output", str(out)]) == 0
-    assert calls == [(5, 3, 12)]
+                             "--world", "max_shapes=2", "--output", str(out)]) == 0
+    assert calls == [(5, 3, 12, ("max_shapes=2",))]
     rows = read_back(str(out))
     assert [c for _, c in rows] == [caption(i) for i in range(5)]
     img = shards.decode_image(rows[2][0])

@@ -40,6 +40,7 @@ def test_shapes_are_sized_by_area_and_distinct(shape):
 
 
 def test_scene_ground_truth_is_consistent():
+    world = synthetic.SceneConfig()
     shape_counts, stuff_counts, object_counts = set(), set(), set()
     for scene in synthetic.scenes(120, seed=0, image_size=64):
         assert scene.image.size == (64, 64) and scene.image.mode == "RGB"
@@ -53,12 +54,85 @@ def test_scene_ground_truth_is_consistent():
         assert {1 + synthetic.SHAPES.index(o.shape) for o in scene.objects} <= classes_on_map
         assert abs(sum(o.area for o in scene.objects) - (scene.shape_map > 0).mean()) < 4 * 4 / 64 ** 2
         assert [o.area for o in scene.objects] == sorted((o.area for o in scene.objects), reverse=True)
-        assert all(o.area <= synthetic.MAX_AREA * 1.2 for o in scene.objects)
+        assert all(o.area <= world.max_area * 1.2 for o in scene.objects)
         object_counts.add(len(scene.objects))
         shape_counts.update(o.shape for o in scene.objects)
-    assert stuff_counts == {1, 2, 3}
-    assert object_counts <= {0, 1, 2, 3, 4} and {1, 2, 3, 4} <= object_counts
+    assert stuff_counts == set(range(1, world.max_stuff + 1))
+    assert object_counts <= set(range(world.max_shapes + 1)) and set(range(1, world.max_shapes + 1)) <= object_counts
     assert shape_counts == set(synthetic.SHAPES)
+
+
+def test_world_config_parses_overrides_and_rejects_nonsense():
+    world = synthetic.scene_config(["max_shapes=2", "max_rotation=0", "min_area=0.1"])
+    assert (world.max_shapes, world.max_rotation, world.min_area) == (2, 0, 0.1)
+    assert synthetic.scene_config([]) == synthetic.SceneConfig()
+    with pytest.raises(ValueError, match="unknown"):
+        synthetic.scene_config(["max_shape=2"])
+    with pytest.raises(ValueError):
+        synthetic.SceneConfig(max_shapes=0)
+    with pytest.raises(ValueError):
+        synthetic.SceneConfig(min_area=0.5, max_area=0.2)
+
+
+def test_world_knobs_bound_shape_and_stuff_counts_and_sizes():
+    for max_shapes, max_stuff in ((1, 1), (2, 2), (4, 3)):
+        world = synthetic.SceneConfig(max_shapes=max_shapes, max_stuff=max_stuff, min_area=0.05)
+        objects, stuff = set(), set()
+        for scene in synthetic.scenes(60, seed=2, image_size=48, world=world):
+            objects.add(len(scene.objects))
+            stuff.add(len(scene.stuff))
+        assert objects == set(range(1, max_shapes + 1))
+        assert stuff == set(range(1, max_stuff + 1))
+    small = synthetic.SceneConfig(max_shapes=1, min_area=0.02, max_area=0.04)
+    large = synthetic.SceneConfig(max_shapes=1, min_area=0.2, max_area=0.3)
+    small_areas = [s.objects[0].area for s in synthetic.scenes(30, seed=1, image_size=64, world=small)]
+    large_areas = [s.objects[0].area for s in synthetic.scenes(30, seed=1, image_size=64, world=large)]
+    assert max(small_areas) <= 0.04 * 1.2 and min(large_areas) > 0.1 and max(large_areas) <= 0.3 * 1.2
+
+
+def _bounding_box_fill(mask: np.ndarray) -> float:
+    ys, xs = np.nonzero(mask)
+    return mask.sum() / ((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1))
+
+
+def test_rotation_zero_draws_upright_shapes():
+    def square_fills(max_rotation: float) -> list[float]:
+        world = synthetic.SceneConfig(max_shapes=1, min_area=0.1, max_area=0.2, max_rotation=max_rotation)
+        return [_bounding_box_fill(scene.shape_map > 0) for scene in synthetic.scenes(200, seed=0, image_size=64, world=world)
+                if scene.objects and scene.objects[0].shape == "square"]
+    upright, tilted = square_fills(0), square_fills(45)
+    assert len(upright) >= 10 and min(upright) > 0.9  # an upright square fills its bounding box
+    assert min(tilted) < 0.75  # a square at up to 45 degrees often does not
+
+
+def test_stuff_contrast_and_colour_distance_change_the_pixels():
+    def ground_std(stuff_contrast: float) -> float:
+        world = synthetic.SceneConfig(max_stuff=1, stuff_contrast=stuff_contrast, sensor_noise=0, blur=0)
+        stds = []
+        for scene in synthetic.scenes(20, seed=3, image_size=64, world=world):
+            pixels = np.asarray(scene.image, np.float32)[scene.shape_map == 0]
+            stds.append(pixels.std(axis=0).mean())
+        return float(np.mean(stds))
+    assert ground_std(0.0) < 0.5 * ground_std(1.0)
+
+    # with a large minimum distance, no shape is painted in the colour of the stuff it stands on
+    world = synthetic.SceneConfig(max_shapes=1, max_stuff=1, min_colour_distance=110)
+    forbidden = {"grass": "green", "water": "blue", "brick": "red"}
+    colours_on = {name: set() for name in forbidden}
+    for scene in synthetic.scenes(300, seed=4, image_size=48, world=world):
+        if scene.objects and scene.stuff[0] in forbidden:
+            colours_on[scene.stuff[0]].add(scene.objects[0].colour)
+    for name, colour in forbidden.items():
+        assert colours_on[name] and colour not in colours_on[name], (name, colours_on[name])
+
+
+def test_a_world_is_reproducible_and_differs_from_another():
+    world = synthetic.SceneConfig(max_shapes=2, max_rotation=0, min_area=0.08)
+    a = list(synthetic.scenes(4, seed=6, image_size=48, world=world))
+    b = list(synthetic.scenes(4, seed=6, image_size=48, world=world))
+    c = list(synthetic.scenes(4, seed=6, image_size=48, world=synthetic.SceneConfig(max_shapes=4, max_rotation=60)))
+    assert all(np.array_equal(np.asarray(x.image), np.asarray(y.image)) and x.caption == y.caption for x, y in zip(a, b))
+    assert any(not np.array_equal(x.shape_map, y.shape_map) for x, y in zip(a, c))
 
 
 @pytest.mark.parametrize("stuff", synthetic.STUFF)
@@ -71,7 +145,7 @@ def test_stuff_textures_are_patterned_not_flat(stuff):
 def test_captions_read_like_alt_text():
     words_allowed = set(synthetic.SHAPES) | set(synthetic._PLURAL.values()) | set(synthetic.COLOURS)
     mentions_largest = mentions_stuff = everything = 0
-    scenes = list(synthetic.scenes(400, seed=1, image_size=48))
+    scenes = list(synthetic.scenes(400, seed=1, image_size=48, world=synthetic.SceneConfig(max_shapes=4)))
     for scene in scenes:
         text = scene.caption.lower()
         if scene.objects and re.search(rf"\b{scene.objects[0].shape}", text):
@@ -92,7 +166,7 @@ def test_eval_set_written_in_custom_layout(tmp_path, name):
     root = synthetic.write_eval_set(str(tmp_path / name), name, count=4, seed=5, image_size=32)
     classes = (tmp_path / name / "classes.txt").read_text().split()
     assert tuple(classes) == synthetic.EVAL_SETS[name]
-    for i, scene in enumerate(synthetic.scenes(4, seed=5, image_size=32)):
+    for i, scene in enumerate(synthetic.scenes(4, seed=5, image_size=32)):  # the default world
         image = Image.open(f"{root}/images/{i:05d}.png")
         label = np.asarray(Image.open(f"{root}/labels/{i:05d}.png"))
         assert np.array_equal(np.asarray(image), np.asarray(scene.image))
@@ -110,6 +184,9 @@ def test_single_object_images_have_a_dominant_shape():
     pairs = list(synthetic.single_object_images(20, seed=2, image_size=48))
     assert len(pairs) == 20 and all(shape in synthetic.SHAPES for _, shape in pairs)
     assert len({shape for _, shape in pairs}) >= 5
+    world = synthetic.SceneConfig(max_shapes=1, max_rotation=0)
+    upright = list(synthetic.single_object_images(5, seed=2, image_size=48, world=world))
+    assert [shape for _, shape in upright] != [shape for _, shape in pairs[:5]]  # drawn from the world it is given
 
 
 def test_command_line_preview_and_eval_set(tmp_path, capsys):
@@ -117,5 +194,8 @@ def test_command_line_preview_and_eval_set(tmp_path, capsys):
     assert Image.open(tmp_path / "p.png").size[0] > 96
     synthetic.main(["--eval-set", "shapes-things", "--output", str(tmp_path / "e"), "--count", "2"])
     assert len(list((tmp_path / "e" / "labels").iterdir())) == 2
+    synthetic.main(["--eval-set", "shapes-things", "--output", str(tmp_path / "f"), "--count", "2", "--world", "min_area=0.3"])
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "e" / "images" / "00000.png")),
+                              np.asarray(Image.open(tmp_path / "f" / "images" / "00000.png")))
     with pytest.raises(ValueError, match="unknown evaluation set"):
         synthetic.write_eval_set(str(tmp_path / "x"), "shapes", 1, 0)

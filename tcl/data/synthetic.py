@@ -9,13 +9,10 @@ in the pixels is a real problem, as it is for web image-text pairs.
 Everything is drawn from a seeded numpy Generator: the same seed gives the same images, captions
 and label maps on every machine.
 
-Difficulty. How hard the world is decides whether a tiny CLIP learns it in minutes. Measured with
-the 4-layer, 64-wide ViT of configs/synthetic_clip.yaml trained to name the largest shape
-(supervised, batch 128, 300-400 steps, held-out accuracy): the full world 16%; one shape on flat
-grey, upright 97%, freely rotated 55%; one upright shape on textured stuff 92%, in random colours
-on grey 74%, in random colours on textured stuff 24%. Rotation and colour-on-texture are what
-make it hard; MAX_ROTATION is therefore 30 degrees (objects in photos are mostly upright), and
-MAX_SHAPES, MIN_AREA/MAX_AREA are module constants for experiments.
+Difficulty. How hard the world is decides whether a tiny CLIP learns it in minutes, so it is a
+config: SceneConfig (one knob a line, below). Every function that draws scenes takes one, and
+jobs/pipeline.py passes the same one to the shards, the evaluation sets and the zero-shot test.
+bench/world_study.py measures how learnable a setting is.
 
     python -m tcl.data.synthetic --preview preview.png          # a grid of scenes with captions
     python -m tcl.data.synthetic --eval-set shapes-things --output data/shapes-things --count 200
@@ -25,7 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -42,9 +39,36 @@ EVAL_SETS = {
     "shapes-things": ("background", *SHAPES),  # stuff counts as background
     "shapes-stuff": (*SHAPES, *STUFF),  # every pixel is a shape or a stuff class
 }
-MIN_AREA, MAX_AREA = 0.03, 0.40  # a shape's area as a fraction of the image, before occlusion
-MAX_SHAPES = 4  # shapes per scene: 1 to this many
-MAX_ROTATION = np.pi / 6  # shapes lean up to 30 degrees either way: mostly upright, as objects in photos
+
+
+@dataclasses.dataclass(frozen=True)
+class SceneConfig:
+    """How hard the world is. Defaults: the setting the main job uses (see the README)."""
+    max_shapes: int = 4  # shapes per scene: 1 to this many
+    min_area: float = 0.03  # a shape's area as a fraction of the image before occlusion, log-uniform in [min, max]
+    max_area: float = 0.40
+    max_rotation: float = 30.0  # degrees either way; 0 draws every shape upright
+    max_stuff: int = 3  # stuff regions per scene: 1 to this many
+    stuff_contrast: float = 1.0  # texture strength within a stuff region: 1 as drawn, 0 flat at its mean colour
+    stuff_dullness: float = 0.3  # 0..1: how far stuff is pulled toward its own grey (figure and ground, as in photos)
+    min_colour_distance: float = 0.0  # a shape's colour is redrawn among those at least this far (RGB) from the ground under it
+    shape_shading: float = 0.25  # brightness change across a shape
+    shape_grain: float = 6.0  # per-pixel noise (std, 0..255) in a shape's paint
+    sensor_noise: float = 6.0  # image noise std drawn in [sensor_noise / 3, sensor_noise]
+    blur: float = 0.8  # Gaussian blur radius drawn in [0.3, blur] on half the images; 0: never
+
+    def __post_init__(self):
+        if not (1 <= self.max_shapes <= 4 and 1 <= self.max_stuff <= len(STUFF)):
+            raise ValueError(f"max_shapes must be 1..4 and max_stuff 1..{len(STUFF)}: {self}")
+        if not 0 < self.min_area <= self.max_area < 1:
+            raise ValueError(f"need 0 < min_area <= max_area < 1: {self}")
+
+
+def scene_config(overrides: Sequence[str] = ()) -> SceneConfig:
+    """SceneConfig from `key=value` strings (values parsed as YAML), e.g. ["max_shapes=2"]."""
+    from tcl import config as config_lib
+
+    return config_lib.load(SceneConfig, None, overrides)
 
 
 @dataclasses.dataclass
@@ -258,34 +282,40 @@ def write_caption(rng: np.random.Generator, objects: list[SceneObject], stuff: l
 # --------------------------------------------------------------------------------------------------
 # scenes
 
-def make_scene(rng: np.random.Generator, size: int = 64) -> Scene:
+def make_scene(rng: np.random.Generator, size: int = 64, world: SceneConfig = SceneConfig()) -> Scene:
     """One random scene: textured stuff regions, shapes on top, lighting, noise, blur, a caption."""
-    num_stuff = int(rng.integers(1, 4))
+    num_stuff = int(rng.integers(1, world.max_stuff + 1))
     stuff_ids = rng.choice(len(STUFF), num_stuff, replace=False)
     region = stuff_layout(rng, size, num_stuff)
     stuff_map = stuff_ids[region].astype(np.uint8)
     canvas = np.zeros((size, size, 3), np.float32)
     for i, stuff_id in enumerate(stuff_ids):
-        canvas = np.where((region == i)[..., None], stuff_texture(STUFF[stuff_id], rng, size), canvas)
-    # stuff a little duller than things (figure and ground, as in photos), so that a small model
-    # learns the shapes within minutes; the textures still vary within every region
-    canvas = 0.7 * canvas + 0.3 * canvas.mean(axis=2, keepdims=True)
+        texture = stuff_texture(STUFF[stuff_id], rng, size)
+        mean = texture.mean(axis=(0, 1), keepdims=True)
+        canvas = np.where((region == i)[..., None], mean + world.stuff_contrast * (texture - mean), canvas)
+    # stuff a little duller than things (figure and ground, as in photos); textures still vary
+    canvas = (1 - world.stuff_dullness) * canvas + world.stuff_dullness * canvas.mean(axis=2, keepdims=True)
 
     shape_map = np.zeros((size, size), np.uint8)
     drawn: list[tuple[str, str]] = []
     y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    for _ in range(int(rng.integers(1, MAX_SHAPES + 1))):
+    max_rotation = np.deg2rad(world.max_rotation)
+    for _ in range(int(rng.integers(1, world.max_shapes + 1))):
         shape = SHAPES[int(rng.integers(len(SHAPES)))]
-        colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
-        area = np.exp(rng.uniform(np.log(MIN_AREA), np.log(MAX_AREA)))
+        area = np.exp(rng.uniform(np.log(world.min_area), np.log(world.max_area)))
         radius = np.sqrt(area * size * size / _FILL[shape])
         center = tuple(rng.uniform(0.15 * size, 0.85 * size, 2))
-        mask = shape_mask(shape, size, center, radius, angle=rng.uniform(-MAX_ROTATION, MAX_ROTATION))
+        mask = shape_mask(shape, size, center, radius, angle=rng.uniform(-max_rotation, max_rotation))
+        colours = list(COLOURS)
+        if world.min_colour_distance > 0 and mask.any():  # no green shape lost on the grass
+            ground = canvas[mask].mean(axis=0)
+            colours = [c for c in COLOURS if np.linalg.norm(np.asarray(COLOURS[c]) - ground) >= world.min_colour_distance] or colours
+        colour = colours[int(rng.integers(len(colours)))]
         if not mask.any():
             continue
         # the shape's colour, with shading across it and a little per-pixel variation
-        shading = 1 + 0.25 * ((x - center[0] / size) * np.cos(rng.uniform(0, 2 * np.pi)) + (y - center[1] / size))
-        paint = np.asarray(COLOURS[colour], np.float32) * shading[..., None] + rng.normal(0, 6, (size, size, 3))
+        shading = 1 + world.shape_shading * ((x - center[0] / size) * np.cos(rng.uniform(0, 2 * np.pi)) + (y - center[1] / size))
+        paint = np.asarray(COLOURS[colour], np.float32) * shading[..., None] + rng.normal(0, world.shape_grain, (size, size, 3))
         canvas = np.where(mask[..., None], paint, canvas)
         drawn.append((shape, colour))
         shape_map[mask] = len(drawn)  # provisional: index into `drawn`, replaced below
@@ -302,38 +332,40 @@ def make_scene(rng: np.random.Generator, size: int = 64) -> Scene:
     light = rng.uniform(0.75, 1.2) * (1 + 0.15 * ((x - 0.5) * rng.normal() + (y - 0.5) * rng.normal()))
     contrast = rng.uniform(0.8, 1.15)
     canvas = (canvas - 128) * contrast + 128
-    canvas = canvas * light[..., None] + rng.normal(0, rng.uniform(2, 6), canvas.shape)
+    canvas = canvas * light[..., None] + rng.normal(0, rng.uniform(world.sensor_noise / 3, world.sensor_noise), canvas.shape)
     image = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
-    if rng.random() < 0.5:
-        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.8)))
+    if rng.random() < 0.5 and world.blur > 0:
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(min(0.3, world.blur), world.blur)))
 
     present = [STUFF[s] for s in sorted(set(stuff_map.flat), key=lambda s: -(stuff_map == s).sum())]
     return Scene(image, final, stuff_map, objects, present, write_caption(rng, objects, present))
 
 
-def scenes(count: int, seed: int, image_size: int = 64) -> Iterator[Scene]:
+def scenes(count: int, seed: int, image_size: int = 64, world: SceneConfig = SceneConfig()) -> Iterator[Scene]:
     """`count` scenes from one seed; scene i is the same whatever `count` is."""
     for i in range(count):
-        yield make_scene(np.random.default_rng([seed, i]), image_size)
+        yield make_scene(np.random.default_rng([seed, i]), image_size, world)
 
 
-def caption_pairs(count: int, seed: int, image_size: int = 64) -> Iterator[tuple[Image.Image, str]]:
+def caption_pairs(count: int, seed: int, image_size: int = 64,
+                  world: SceneConfig = SceneConfig()) -> Iterator[tuple[Image.Image, str]]:
     """(image, caption) training pairs, as jobs/make_shards.py writes them."""
-    for scene in scenes(count, seed, image_size):
+    for scene in scenes(count, seed, image_size, world):
         yield scene.image, scene.caption
 
 
 # --------------------------------------------------------------------------------------------------
 # evaluation sets (the project's custom evaluation layout, read by tcl.data.benchmarks)
 
-def write_eval_set(root: str, name: str, count: int, seed: int, image_size: int = 64) -> str:
+def write_eval_set(root: str, name: str, count: int, seed: int, image_size: int = 64,
+                   world: SceneConfig = SceneConfig()) -> str:
     """Write `count` held-out scenes as images/NNNNN.png, labels/NNNNN.png and classes.txt.
     Returns `root`. Use a seed different from the training shards' (the pipeline adds 10**6)."""
     if name not in EVAL_SETS:
         raise ValueError(f"unknown evaluation set {name!r}; known: {', '.join(EVAL_SETS)}")
     os.makedirs(os.path.join(root, "images"), exist_ok=True)
     os.makedirs(os.path.join(root, "labels"), exist_ok=True)
-    for i, scene in enumerate(scenes(count, seed, image_size)):
+    for i, scene in enumerate(scenes(count, seed, image_size, world)):
         scene.image.save(os.path.join(root, "images", f"{i:05d}.png"))
         Image.fromarray(scene.label_map(name)).save(os.path.join(root, "labels", f"{i:05d}.png"))
     with open(os.path.join(root, "classes.txt"), "w") as f:
@@ -341,13 +373,14 @@ def write_eval_set(root: str, name: str, count: int, seed: int, image_size: int 
     return root
 
 
-def single_object_images(count: int, seed: int, image_size: int = 64) -> Iterator[tuple[Image.Image, str]]:
+def single_object_images(count: int, seed: int, image_size: int = 64,
+                         world: SceneConfig = SceneConfig()) -> Iterator[tuple[Image.Image, str]]:
     """(image, shape) pairs whose largest shape is at least twice as large as any other: the
     zero-shot test of the tiny CLIP ("which of the 8 shapes is this?")."""
     rng_index = 0
     produced = 0
     while produced < count:
-        scene = make_scene(np.random.default_rng([seed, 7, rng_index]), image_size)
+        scene = make_scene(np.random.default_rng([seed, 7, rng_index]), image_size, world)
         rng_index += 1
         objects = scene.objects
         if objects and (len(objects) == 1 or objects[0].area >= 2 * objects[1].area):
@@ -355,7 +388,7 @@ def single_object_images(count: int, seed: int, image_size: int = 64) -> Iterato
             yield scene.image, objects[0].shape
 
 
-def preview(path: str, count: int = 16, seed: int = 0, image_size: int = 96) -> str:
+def preview(path: str, count: int = 16, seed: int = 0, image_size: int = 96, world: SceneConfig = SceneConfig()) -> str:
     """A grid of scenes, each with its caption and its shapes-stuff label map."""
     from tcl.visualize import label_png
 
@@ -363,7 +396,7 @@ def preview(path: str, count: int = 16, seed: int = 0, image_size: int = 96) -> 
     tile_h = 2 * image_size + 28
     sheet = Image.new("RGB", (columns * (image_size + 8), ((count + columns - 1) // columns) * tile_h), "white")
     draw = ImageDraw.Draw(sheet)
-    for i, scene in enumerate(scenes(count, seed, image_size)):
+    for i, scene in enumerate(scenes(count, seed, image_size, world)):
         x0, y0 = (i % columns) * (image_size + 8), (i // columns) * tile_h
         sheet.paste(scene.image, (x0, y0))
         sheet.paste(label_png(scene.label_map("shapes-stuff"), EVAL_SETS["shapes-stuff"]).convert("RGB"), (x0, y0 + image_size))
@@ -381,13 +414,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--world", action="append", default=[], metavar="KEY=VALUE",
+                        help="a SceneConfig value, e.g. --world max_shapes=2 (repeatable; default: the main job's world)")
     args = parser.parse_args(argv)
+    world = scene_config(args.world)
     if args.preview:
-        print(preview(args.preview, args.count, args.seed, max(args.image_size, 96)))
+        print(preview(args.preview, args.count, args.seed, max(args.image_size, 96), world))
     if args.eval_set:
         if not args.output:
             parser.error("--eval-set needs --output")
-        print(write_eval_set(args.output, args.eval_set, args.count, args.seed, args.image_size))
+        print(write_eval_set(args.output, args.eval_set, args.count, args.seed, args.image_size, world))
     if not (args.preview or args.eval_set):
         parser.print_help()
 
