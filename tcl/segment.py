@@ -124,25 +124,38 @@ class Segmenter:
     ) -> list[Segmentation]:
         """Segment each image into the given texts (plus background where a threshold is set).
         `overrides` replace SegmenterConfig fields for this call (e.g. pamr=False, background_threshold=None)."""
-        config = dataclasses.replace(self.config, **overrides) if overrides else self.config
         if isinstance(images, (Image.Image, np.ndarray)):
             images = [images]
         texts = validate_texts(texts)
+        return self.segment_each(images, [texts] * len(images), with_probabilities=with_probabilities, **overrides)
+
+    @torch.no_grad()
+    def segment_each(
+        self, images: Sequence[ImageLike], texts: Sequence[Sequence[str]], *, with_probabilities: bool = True, **overrides
+    ) -> list[Segmentation]:
+        """Segment image i into its own texts[i], all images in one pass: every text's mask is
+        computed independently of the others (Eq. 5, the KP term and PAMR act per text), so the
+        windows of all images go through the model together against the union of the texts, and
+        each image keeps its own texts' masks. How the server batches requests with different texts."""
+        config = dataclasses.replace(self.config, **overrides) if overrides else self.config
+        if len(images) != len(texts):
+            raise ValueError(f"{len(images)} images but {len(texts)} text lists")
+        texts = [validate_texts(t) for t in texts]
         if not images:
             return []
-        text_embedding = self.text_embeddings(texts).to(self.device)
+        union = list(dict.fromkeys(t for image_texts in texts for t in image_texts))
+        column = {text: i for i, text in enumerate(union)}
+        text_embedding = self.text_embeddings(union).to(self.device)
         scores = self.mask_scores([to_image_tensor(image) for image in images], text_embedding, config)
-        class_names = list(texts)
-        if config.background_threshold is not None:
-            class_names = ["background", *class_names]
         results = []
-        for score in scores:
-            if config.background_threshold is not None:
-                background = torch.full_like(score[:1], config.background_threshold)
-                score = torch.cat([background, score])
-            labels = score.argmax(dim=0)
+        for score, image_texts in zip(scores, texts):
+            score = score[[column[t] for t in image_texts]]
+            class_names = list(image_texts)
+            if config.background_threshold is not None:  # Eq. 13 with a constant background score
+                class_names = ["background", *class_names]
+                score = torch.cat([torch.full_like(score[:1], config.background_threshold), score])
             results.append(Segmentation(
-                labels=labels.cpu().numpy(),
+                labels=score.argmax(dim=0).cpu().numpy(),
                 probabilities=score.cpu().numpy() if with_probabilities else None,
                 class_names=class_names,
             ))

@@ -116,3 +116,19 @@ def test_bad_input_is_a_clear_error(grounder):
         segmenter.segment(np.zeros((0, 10, 3), dtype=np.uint8), ["a"])
     with pytest.raises(ValueError, match=r"shape \(10, 10\)"):
         segmenter.segment(np.zeros((10, 10), dtype=np.uint8), ["a"])
+
+
+def test_segment_each_equals_one_call_per_image_with_its_own_texts(grounder):
+    segmenter = Segmenter(grounder, SegmenterConfig(short_side=32, window=32, stride=16), device="cpu")
+    rng = np.random.default_rng(5)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((40, 52), (32, 32), (36, 60))]
+    texts = [["star", "sky"], ["sky", "a red ring", "grass"], ["grass"]]
+    together = segmenter.segment_each(images, texts, background_threshold=0.5)
+    for image, image_texts, result in zip(images, texts, together):
+        [alone] = segmenter.segment(image, image_texts, background_threshold=0.5)
+        assert result.class_names == ["background", *image_texts] == alone.class_names
+        assert result.probabilities.shape == (len(image_texts) + 1, image.height, image.width)
+        assert np.allclose(result.probabilities, alone.probabilities, atol=1e-5)
+        assert np.array_equal(result.labels, alone.labels)
+    with pytest.raises(ValueError, match="3 images but 2 text lists"):
+        segmenter.segment_each(images, texts[:2])
