@@ -7,9 +7,18 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c "import tcl, ray, open_clip, moto, pytest" 2>/dev/null; then
+if ! .venv/bin/python -c "import tcl, ray, open_clip, moto, pytest, multipart, selenium" 2>/dev/null; then
   .venv/bin/pip install -q --upgrade pip
   # torch first and pinned exactly: torchvision only works with this torch build.
   .venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1
   .venv/bin/pip install -q -e '.[dev]'
+fi
+# A browser for the web page test: Debian's chromium and its driver (needs root and apt).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+      || echo "bootstrap: could not install chromium; the browser test will be skipped" >&2
+  else
+    echo "bootstrap: no root/apt to install chromium; the browser test will be skipped" >&2
+  fi
 fi

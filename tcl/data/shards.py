@@ -77,8 +77,10 @@ SHARD_PATTERN = re.compile(r"^shard-(\d{5,})\.parquet$")
 # --------------------------------------------------------------------------------------------------
 # decoding
 
-def decode_image_with_reason(data: Any, mode: str = "RGB") -> tuple[Image.Image | None, str | None]:
-    """Decode encoded image bytes. Returns ``(image, None)`` or ``(None, reason)``; never raises."""
+def decode_image_with_reason(data: Any, mode: str = "RGB", max_pixels: int | None = None) -> tuple[Image.Image | None, str | None]:
+    """Decode encoded image bytes. Returns ``(image, None)`` or ``(None, reason)``; never raises.
+    Images of more than `max_pixels` pixels are refused from their header, before decoding
+    (reason starting "too large")."""
     if data is None:
         return None, "missing"
     if isinstance(data, memoryview):
@@ -89,6 +91,8 @@ def decode_image_with_reason(data: Any, mode: str = "RGB") -> tuple[Image.Image 
         return None, "empty"
     try:
         with Image.open(io.BytesIO(data)) as img:
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                return None, f"too large: {img.width}x{img.height} = {img.width * img.height} pixels, the limit is {max_pixels}"
             # load() forces the full decode: Image.open only reads the header, so truncated files
             # would otherwise fail later, somewhere less convenient.
             img.load()
