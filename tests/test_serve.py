@@ -234,3 +234,23 @@ def test_web_page_in_a_headless_browser(service, tmp_path):
         assert "400 bad_option" in driver.find_element(By.ID, "error").text
     finally:
         driver.quit()
+
+
+@pytest.mark.parametrize("config", ["serve/config.yaml", "serve/config-gpu.yaml"])
+def test_serve_configs_are_valid_for_ray_and_for_the_app(config):
+    import inspect
+    import os
+
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve.app import SegmentationService, build_app
+
+    with open(os.path.join(os.path.dirname(__file__), "..", config)) as f:
+        raw = yaml.safe_load(f)
+    schema = ServeDeploySchema.model_validate(raw)  # Ray's own schema: a wrong key fails here
+    [application] = schema.applications
+    assert application.import_path == "serve.app:build_app"
+    assert [d.name for d in application.deployments] == ["SegmentationService"]
+    inspect.signature(SegmentationService.func_or_class.__init__).bind(None, **application.args)  # the app takes these args
+    build_app(application.args)
