@@ -73,6 +73,17 @@ def s3_filesystem(
     return pafs.S3FileSystem(**kwargs)
 
 
+def s3_options(endpoint_url: str | None = None) -> dict:
+    """S3 settings from the arguments and this process's AWS environment variables, as keyword
+    arguments for the functions here: pass them to Ray tasks, whose environment may lack them."""
+    options = {
+        "endpoint_url": endpoint_url or _env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+        "access_key": _env("AWS_ACCESS_KEY_ID"), "secret_key": _env("AWS_SECRET_ACCESS_KEY"),
+        "session_token": _env("AWS_SESSION_TOKEN"), "region": _env("AWS_REGION", "AWS_DEFAULT_REGION"),
+    }
+    return {k: v for k, v in options.items() if v}
+
+
 def resolve(
     uri: str,
     *,

@@ -1,0 +1,151 @@
+"""jobs/segment.py: labels equal direct Segmenter calls, corrupt images listed, safe names, a kill
+midway then a rerun that completes with nothing twice, and S3 in and out."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from jobs import segment as segment_job
+from tcl import storage
+from tcl.checkpoint import save_grounder
+from tcl.data.shards import ShardWriter, encode_image
+from tcl.segment import Segmenter
+from tests.conftest import make_grounder
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROTOCOL = ["--short-side", "32", "--window", "32", "--stride", "16"]
+TEXTS = "a red star,grass,sky"
+
+
+def picture(seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    height, width = (int(v) for v in rng.integers(24, 48, 2))
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    grounder = make_grounder(seed=11)
+    with torch.no_grad():
+        for name, param in grounder.named_parameters():
+            if name.endswith("gate"):
+                param.fill_(0.5)
+    path = str(tmp_path_factory.mktemp("segment-job") / "ckpt")
+    save_grounder(path, grounder)
+    return path
+
+
+def read_index(output: str) -> list[dict]:
+    return [row for f in sorted(os.listdir(os.path.join(output, "index")))
+            for row in pq.read_table(os.path.join(output, "index", f)).to_pylist()]
+
+
+def test_output_names_stay_inside_the_output_folder_and_are_unique():
+    keys = ["../../etc/passwd", "a/./b.png", "a/b.png", "a/b.jpg", "/abs/x.png", "sp ace/ü.png", "..", "a\\..\\..\\c.png"]
+    names = [segment_job.output_name(k) for k in keys]
+    assert len(set(names)) == len(keys)
+    for name in names:
+        assert not name.startswith("/") and ".." not in name.split("/")
+        assert os.path.normpath(os.path.join("/out", name)).startswith("/out/")
+        assert all(c.isalnum() or c in "._-/" for c in name)
+    assert names[1].startswith("a/b-") and names[2].startswith("a/b-")  # readable where the key is
+
+
+def test_folder_with_corrupt_images(ray_cluster, checkpoint, tmp_path):
+    images = {f"sub/img{i}.png": picture(i) for i in range(5)} | {"top.jpg": picture(9)}
+    for key, image in images.items():
+        os.makedirs(os.path.dirname(tmp_path / "in" / key), exist_ok=True)
+        image.save(tmp_path / "in" / key, quality=95)
+    (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (tmp_path / "in" / "sub" / "truncated.jpg").write_bytes(encode_image(picture(7), "JPEG")[:300])
+    summary = segment_job.main(["--checkpoint", checkpoint, "--input", str(tmp_path / "in"), "--texts", TEXTS,
+                                "--output", str(tmp_path / "out"), "--actors", "2", "--batch-size", "2", "--overlays", *PROTOCOL])
+    assert summary["images"] == 8 and summary["segmented_now"] == 6 and summary["unreadable_now"] == 2
+
+    direct = Segmenter.from_checkpoint(checkpoint, short_side=32, window=32, stride=16)
+    index = {row["key"]: row for row in read_index(str(tmp_path / "out"))}
+    assert sorted(index) == sorted(images)
+    for key, row in index.items():
+        with Image.open(os.path.join(tmp_path / "in", key)) as source:
+            [expected] = direct.segment(source.convert("RGB"), TEXTS.split(","))
+        with Image.open(row["label_path"]) as label_map:
+            assert np.array_equal(np.asarray(label_map), expected.labels)
+        assert row["label_path"].startswith(str(tmp_path / "out" / "labels") + "/")
+        assert (row["width"], row["height"]) == (expected.labels.shape[1], expected.labels.shape[0])
+        for i, name in enumerate(["background", *TEXTS.split(",")]):
+            assert row[f"fraction/{name}"] == pytest.approx(np.mean(expected.labels == i))
+        assert os.path.isfile(tmp_path / "out" / "overlays" / (segment_job.output_name(key) + ".png"))
+    errors = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
+    assert sorted(e["key"] for e in errors) == ["broken.png", "sub/truncated.jpg"]
+    assert all(e["reason"] for e in errors)
+
+    again = segment_job.main(["--checkpoint", checkpoint, "--input", str(tmp_path / "in"), "--texts", TEXTS,
+                              "--output", str(tmp_path / "out"), *PROTOCOL])
+    assert again["segmented_now"] == 0 and again["done_before"] == 8  # idempotent
+    with pytest.raises(SystemExit, match="other settings"):
+        segment_job.main(["--checkpoint", checkpoint, "--input", str(tmp_path / "in"), "--texts", "dog",
+                          "--output", str(tmp_path / "out"), *PROTOCOL])
+
+
+def test_killed_midway_then_rerun_completes_without_duplicates(ray_cluster, checkpoint, tmp_path):
+    import ray
+
+    with ShardWriter(str(tmp_path / "shards"), rows_per_shard=20) as writer:  # Parquet input this time
+        for i in range(60):
+            writer.write(encode_image(picture(100 + i)), f"caption {i}")
+    command = [sys.executable, os.path.join(REPO, "jobs", "segment.py"), "--checkpoint", checkpoint,
+               "--input", str(tmp_path / "shards"), "--texts", TEXTS, "--output", str(tmp_path / "out"),
+               "--actors", "1", "--batch-size", "2", "--index-every", "2", *PROTOCOL,
+               "--ray-address", ray.get_runtime_context().gcs_address]
+    job = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and job.poll() is None:
+        parts = os.listdir(tmp_path / "out" / "index") if os.path.isdir(tmp_path / "out" / "index") else []
+        if len(parts) >= 3:
+            break
+        time.sleep(0.2)
+    assert job.poll() is None, "the job ended before it could be killed"
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    partial = read_index(str(tmp_path / "out"))
+    assert 0 < len(partial) < 60
+
+    summary = segment_job.main(["--checkpoint", checkpoint, "--input", str(tmp_path / "shards"), "--texts", TEXTS,
+                                "--output", str(tmp_path / "out"), "--actors", "1", "--batch-size", "4", *PROTOCOL])
+    assert summary["done_before"] == len(partial) and summary["segmented_now"] == 60 - len(partial)
+    keys = [row["key"] for row in read_index(str(tmp_path / "out"))]
+    assert len(keys) == len(set(keys)) == 60
+    labels = sorted(os.listdir(tmp_path / "out" / "labels" / "shard-00000")) + sorted(os.listdir(tmp_path / "out" / "labels" / "shard-00001"))
+    assert len(os.listdir(tmp_path / "out" / "labels")) == 3 and len(labels) == 40  # one PNG per image, no extra files
+    for root, _, files in os.walk(tmp_path / "out"):
+        for name in files:
+            assert not name.endswith(".tmp"), f"partial file left: {root}/{name}"
+            if name.endswith(".png"):
+                with Image.open(os.path.join(root, name)) as image:
+                    image.load()  # complete
+
+
+def test_s3_input_and_output(ray_cluster, checkpoint, s3_server):
+    bucket = s3_server.create_bucket("segment-job")
+    for i in range(4):
+        storage.write_bytes_atomic(storage.join(bucket, "photos", f"p{i}.png"), encode_image(picture(200 + i)))
+    storage.write_bytes_atomic(storage.join(bucket, "photos", "bad.jpg"), b"nope")
+    output = storage.join(bucket, "masks")
+    summary = segment_job.main(["--checkpoint", checkpoint, "--input", storage.join(bucket, "photos"), "--texts", TEXTS,
+                                "--output", output, "--actors", "1", *PROTOCOL])
+    assert summary["segmented_now"] == 4 and summary["unreadable_now"] == 1
+    keys = s3_server.list_keys("segment-job", "masks/")
+    assert sum(k.startswith("masks/labels/") for k in keys) == 4 and "masks/errors.jsonl" in keys
+    direct = Segmenter.from_checkpoint(checkpoint, short_side=32, window=32, stride=16)
+    [expected] = direct.segment(picture(202), TEXTS.split(","))
+    label = storage.read_bytes(storage.join(output, "labels", segment_job.output_name("p2.png") + ".png"))
+    with Image.open(__import__("io").BytesIO(label)) as label_map:
+        assert np.array_equal(np.asarray(label_map), expected.labels)
