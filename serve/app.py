@@ -218,7 +218,7 @@ async def _request_error(_request: Request, error: RequestError) -> JSONResponse
 @serve.ingress(app)
 class SegmentationService:
     def __init__(self, checkpoint: str, device: str | None = None, segmenter: dict | None = None, limits: dict | None = None,
-                 max_batch_size: int = 16, batch_wait_timeout_s: float = 0.01):
+                 max_batch_size: int = 16, batch_wait_timeout_s: float = 0.0):
         from tcl.segment import Segmenter
 
         self.checkpoint = checkpoint
@@ -257,7 +257,7 @@ class SegmentationService:
         result = await self._batch(parsed)
         return await asyncio.to_thread(render, result, parsed)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def _batch(self, requests: list[SegmentRequest]) -> list:
         self.batch_sizes[len(requests)] += 1
         return await asyncio.to_thread(self._segment, requests)
