@@ -335,8 +335,10 @@ def main(argv: list[str] | None = None) -> dict:
             SegmentActor, batch_size=args.batch_size, concurrency=actors, num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1,
             fn_constructor_kwargs=dict(checkpoint=args.checkpoint, texts=texts, output=args.output, overrides=overrides,
                                        overlays=args.overlays, s3=s3))
-        last = 0.0
+        last, first = 0.0, None
         for batch in segmented.iter_batches(batch_format="numpy", batch_size=None):
+            if first is None:  # startup (Ray Data planning, actors loading the model) ends here
+                first, first_count = time.perf_counter(), len(batch["key"])
             writer.add(batch)
             seen = writer.written + writer.failed + len(writer.rows) + len(writer.errors)
             if time.perf_counter() - last > 10 or seen == len(todo):
@@ -347,8 +349,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     errors = _read_parts(storage.join(args.output, "errors"), s3)
     storage.write_bytes_atomic(storage.join(args.output, "errors.jsonl"), "".join(json.dumps(e) + "\n" for e in errors).encode(), **s3)
+    end = time.perf_counter()
     summary = {"images": len(sources), "segmented_now": writer.written, "unreadable_now": writer.failed,
-               "done_before": len(sources) - len(todo), "unreadable_total": len(errors), "seconds": time.perf_counter() - start}
+               "done_before": len(sources) - len(todo), "unreadable_total": len(errors), "seconds": end - start}
+    if todo and len(todo) > first_count:
+        summary.update(startup_seconds=first - start, steady_images_per_second=(len(todo) - first_count) / (end - first))
     storage.write_bytes_atomic(storage.join(args.output, "summary.json"), json.dumps(summary, indent=2).encode(), **s3)
     print(f"segmented {writer.written}, unreadable {writer.failed} (listed in errors.jsonl), "
           f"{summary['done_before']} done before; index in {storage.join(args.output, 'index')}/")
