@@ -62,7 +62,7 @@ def main() -> None:
             evaluate_distributed = evaluate_job.evaluate_distributed
             evaluate_distributed(job_args, f"custom:{root}", actors, use_gpu=False)  # warm-up: actor start, imports
             start = time.perf_counter()
-            _, confusion = evaluate_distributed(job_args, f"custom:{root}", actors, use_gpu=False)
+            _, confusion, _ = evaluate_distributed(job_args, f"custom:{root}", actors, use_gpu=False)
             rate = args.images / (time.perf_counter() - start)
             rows.append((f"Ray job, {actors} actor(s)", rate, actors, (confusion.matrix == reference.confusion.matrix).all()))
 

@@ -16,6 +16,7 @@ overlays/<set>/*.png: the first --overlays images of each set, prediction beside
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
 import json
 import os
@@ -40,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="first N images of each set, for quick runs")
     p.add_argument("--overlays", type=int, default=4, help="prediction overlays written per set (default: %(default)s)")
     p.add_argument("--actors", type=int, default=None, help="Segmenter actors (default: one per GPU, else 2 on CPU)")
+    p.add_argument("--resources-per-actor", type=json.loads, default={},
+                   help='extra Ray resources per actor, JSON, e.g. \'{"node_slot": 1}\' to place one per node')
     p.add_argument("--short-side", type=int, default=None, help="protocol override (default 448)")
     p.add_argument("--window", type=int, default=None, help="protocol override (default 448)")
     p.add_argument("--stride", type=int, default=None, help="protocol override (default 224)")
@@ -72,6 +75,9 @@ class ConfusionActor:
         self.segmenter = Segmenter.from_checkpoint(checkpoint, **overrides)
         self.overrides = protocol_overrides(self.benchmark, pamr=pamr, baseline=baseline)
         self.overlays = overlays
+        import ray
+
+        self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import io
@@ -90,7 +96,8 @@ class ConfusionActor:
                 matrix = sample_confusion(self.segmenter, self.benchmark, sample, **self.overrides)
                 pngs.append(b"")
             matrices.append(matrix.ravel())
-        return {"index": batch["index"], "confusion": np.stack(matrices), "overlay": np.array(pngs, dtype=object)}
+        return {"index": batch["index"], "confusion": np.stack(matrices), "overlay": np.array(pngs, dtype=object),
+                "node": np.array([self.node] * len(matrices), dtype=object)}
 
 
 def evaluate_distributed(args: argparse.Namespace, dataset: str, actors: int, use_gpu: bool):
@@ -108,15 +115,16 @@ def evaluate_distributed(args: argparse.Namespace, dataset: str, actors: int, us
                                 override_num_blocks=max(1, -(-len(benchmark) // per_call)))
     results = items.map_batches(
         ConfusionActor, batch_size=per_call, concurrency=actors,
-        num_gpus=1 if use_gpu else 0, num_cpus=0 if use_gpu else 1,
+        num_gpus=1 if use_gpu else 0, num_cpus=0 if use_gpu else 1, resources=args.resources_per_actor or None,
         fn_constructor_kwargs=dict(checkpoint=args.checkpoint, dataset=dataset, data_root=args.data_root, limit=args.limit,
                                    overrides=segmenter_overrides(args), pamr=not args.no_pamr, baseline=args.baseline,
                                    overlays=args.overlays))
     total = ConfusionMatrix(benchmark.num_classes, benchmark.ignore_index)
-    seen = 0
+    seen, nodes = 0, collections.Counter()
     for batch in results.iter_batches(batch_format="numpy", batch_size=None):
         total.matrix += batch["confusion"].reshape(-1, benchmark.num_classes, benchmark.num_classes).sum(axis=0)
         seen += len(batch["index"])
+        nodes.update(batch["node"].tolist())
         for i, png in zip(batch["index"], batch["overlay"]):
             if png:
                 folder = os.path.join(args.output, "overlays", safe_name(dataset))
@@ -125,7 +133,7 @@ def evaluate_distributed(args: argparse.Namespace, dataset: str, actors: int, us
                     f.write(png)
     if seen != len(benchmark):
         raise RuntimeError(f"{dataset}: {seen} of {len(benchmark)} images evaluated")
-    return benchmark, total
+    return benchmark, total, dict(nodes)
 
 
 def safe_name(dataset: str) -> str:
@@ -205,11 +213,11 @@ def main(argv: list[str] | None = None) -> dict:
     rows = {}
     for dataset in dataset_names(args.datasets):
         start = time.perf_counter()
-        benchmark, confusion = evaluate_distributed(args, dataset, actors, use_gpu=gpus > 0)
+        benchmark, confusion, nodes = evaluate_distributed(args, dataset, actors, use_gpu=gpus > 0)
         result = EvaluationResult(benchmark.name, benchmark.class_names, confusion, len(benchmark), time.perf_counter() - start)
-        rows[dataset] = {**result.as_dict(), "title": title(dataset), "confusion": confusion.matrix.tolist()}
+        rows[dataset] = {**result.as_dict(), "title": title(dataset), "confusion": confusion.matrix.tolist(), "images_per_node": nodes}
         print(f"{title(dataset)}: mIoU {100 * result.miou:.1f} over {result.images} images "
-              f"({result.seconds:.1f}s, {result.images / result.seconds:.2f} images/s, {actors} actors)", flush=True)
+              f"({result.seconds:.1f}s, {result.images / result.seconds:.2f} images/s, {actors} actors on {len(nodes)} node(s))", flush=True)
     table = write_outputs(args.output, rows, method)
     print("\n" + table + f"\n\ntables and charts in {args.output}/")
     return rows

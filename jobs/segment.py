@@ -52,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--window", type=int, default=None, help="Segmenter override (default 448)")
     p.add_argument("--stride", type=int, default=None, help="Segmenter override (default 224)")
     p.add_argument("--actors", type=int, default=None, help="Segmenter actors (default: one per GPU, else 2 on CPU)")
+    p.add_argument("--resources-per-actor", type=json.loads, default={},
+                   help='extra Ray resources per actor, JSON, e.g. \'{"node_slot": 1}\' to place one per node')
     p.add_argument("--batch-size", type=int, default=8, help="images per actor call (default: %(default)s)")
     p.add_argument("--index-every", type=int, default=1000, help="index rows per Parquet part (default: %(default)s)")
     p.add_argument("--max-pixels", type=int, default=64 * 2**20, help="larger images go to the errors (default: %(default)s)")
@@ -333,6 +335,7 @@ def main(argv: list[str] | None = None) -> dict:
                                     fn_kwargs=dict(image_column=args.image_column, s3=s3, max_pixels=args.max_pixels))
         segmented = decoded.map_batches(
             SegmentActor, batch_size=args.batch_size, concurrency=actors, num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1,
+            resources=args.resources_per_actor or None,
             fn_constructor_kwargs=dict(checkpoint=args.checkpoint, texts=texts, output=args.output, overrides=overrides,
                                        overlays=args.overlays, s3=s3))
         last, first = 0.0, None

@@ -91,7 +91,7 @@ def fit(cfg: TrainConfig, task: str, tokenizer) -> dict:
         train_loop_per_worker,
         train_loop_config={"train": config_lib.to_dict(cfg), "task": task},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu,
-                                               resources_per_worker={"CPU": cfg.run.cpus_per_worker}),
+                                               resources_per_worker={"CPU": cfg.run.cpus_per_worker, **cfg.run.resources_per_worker}),
         run_config=ray.train.RunConfig(
             name=cfg.run.name, storage_path=storage_path, storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),

@@ -52,6 +52,7 @@ class RunConfig:
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    resources_per_worker: dict = dataclasses.field(default_factory=dict)  # extra Ray resources, e.g. {node_slot: 1}
     checkpoint_every: int = 1000
     checkpoints_to_keep: int = 2
     log_every: int = 20

@@ -1,0 +1,199 @@
+"""Multi-node behaviour on one machine: a head and two worker nodes (scripts/local_cluster.py, Ray's
+cluster utilities), each worker node with one `node_slot` so that one training worker, actor or
+replica lands on each. Nodes are stopped midway (without a graceful shutdown, as a lost machine)."""
+import json
+import os
+import socket
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tcl.checkpoint import save_grounder
+from tcl.data import synthetic
+from tcl.data.benchmarks import open_custom
+from tcl.data.shards import ShardWriter, encode_image
+from tcl.evaluation import evaluate
+from tcl.segment import Segmenter
+from tests.conftest import make_grounder
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+sys.path.insert(0, os.path.join(REPO, "jobs"))
+
+import local_cluster  # noqa: E402
+
+PROTOCOL = {"short_side": 32, "window": 32, "stride": 16}
+PROTOCOL_ARGS = ["--short-side", "32", "--window", "32", "--stride", "16"]
+SLOT = '{"node_slot": 1}'
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+
+    os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
+    cluster = local_cluster.start(workers=2, head_cpus=3, cpus_per_worker=2)
+    ray.init(address=cluster.address)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def worker_nodes(cluster):
+    return list(cluster.worker_nodes)
+
+
+def replace_a_worker_node(cluster, node):
+    """A worker node lost, and the one an autoscaler would start in its place."""
+    cluster.remove_node(node, allow_graceful=False)
+    local_cluster.add_worker(cluster, cpus=2)
+    cluster.wait_for_nodes()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    grounder = make_grounder(seed=21)
+    with torch.no_grad():
+        for name, param in grounder.named_parameters():
+            if name.endswith("gate"):
+                param.fill_(0.5)
+    path = str(tmp_path_factory.mktemp("multinode") / "ckpt")
+    save_grounder(path, grounder)
+    return path
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise TimeoutError(what)
+
+
+def test_training_one_worker_per_node_survives_a_lost_node(cluster, tmp_path):
+    import train as train_job
+    from tests.test_train import CONFIG, TINY, write_shards
+
+    write_shards(str(tmp_path / "shards"), 64)
+    argv = ["--config", CONFIG, f"data.shards={tmp_path / 'shards'}", f"run.storage={tmp_path / 'runs'}", "run.name=multi",
+            *TINY, "optim.total_steps=24", "run.checkpoint_every=4", "run.log_every=4", "run.max_failures=3",
+            "run.resources_per_worker={node_slot: 1}"]
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(summary=train_job.main(argv)), daemon=True)
+    thread.start()
+    run = tmp_path / "runs" / "multi"
+    wait_for(lambda: run.is_dir() and any(p.name.startswith("checkpoint_") for p in run.iterdir()), 300, "a first checkpoint")
+    replace_a_worker_node(cluster, worker_nodes(cluster)[0])
+    thread.join(timeout=600)
+    assert not thread.is_alive() and "summary" in outcome
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 24 and steps == sorted(set(steps))  # finished, every logged step once
+    assert Segmenter.from_checkpoint(outcome["summary"]["checkpoint"], **PROTOCOL).segment(
+        Image.new("RGB", (40, 32)), ["thing"])[0].labels.shape == (32, 40)
+
+
+def test_evaluation_spreads_over_both_nodes_and_equals_single_process(cluster, checkpoint, tmp_path):
+    from jobs import evaluate as evaluate_job
+
+    root = synthetic.write_eval_set(str(tmp_path / "set"), "shapes-stuff", count=12, seed=8, image_size=32)
+    rows = evaluate_job.main(["--checkpoint", checkpoint, "--datasets", f"custom:{root}", "--actors", "2",
+                              "--resources-per-actor", SLOT, "--output", str(tmp_path / "out"), *PROTOCOL_ARGS])
+    row = rows[f"custom:{root}"]
+    assert len(row["images_per_node"]) == 2 and sum(row["images_per_node"].values()) == 12  # one actor per worker node
+    reference = evaluate(Segmenter.from_checkpoint(checkpoint, **PROTOCOL), open_custom(root))
+    assert np.array_equal(np.array(row["confusion"]), reference.confusion.matrix)
+
+
+def test_batch_job_survives_a_lost_node_and_completes_on_rerun(cluster, checkpoint, tmp_path):
+    import pyarrow.parquet as pq
+
+    from jobs import segment as segment_job
+
+    with ShardWriter(str(tmp_path / "shards"), rows_per_shard=30) as writer:
+        for i, scene in enumerate(synthetic.scenes(90, seed=4, image_size=32)):
+            writer.write(encode_image(scene.image), scene.caption)
+    argv = ["--checkpoint", checkpoint, "--input", str(tmp_path / "shards"), "--texts", "a red star,grass,sky",
+            "--output", str(tmp_path / "out"), "--actors", "2", "--resources-per-actor", SLOT,
+            "--batch-size", "2", "--index-every", "2", *PROTOCOL_ARGS]
+    outcome = {}
+
+    def run():
+        try:
+            outcome["summary"] = segment_job.main(argv)
+        except BaseException as error:  # noqa: BLE001 - a job that dies with its node is allowed; the rerun must finish
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    index = tmp_path / "out" / "index"
+    wait_for(lambda: index.is_dir() and len(os.listdir(index)) >= 3, 300, "first index parts")
+    replace_a_worker_node(cluster, worker_nodes(cluster)[0])
+    thread.join(timeout=600)
+    assert not thread.is_alive()
+
+    summary = segment_job.main(argv)
+    assert summary["segmented_now"] + summary["done_before"] == 90
+    keys = [k for f in sorted(os.listdir(index)) for k in pq.read_table(index / f, columns=["key"]).column("key").to_pylist()]
+    assert len(keys) == len(set(keys)) == 90  # nothing lost, nothing twice
+    pngs = [f for _, _, files in os.walk(tmp_path / "out" / "labels") for f in files]
+    assert len(pngs) == 90 and not any(f.endswith(".tmp") for f in pngs)
+
+
+def test_serve_with_a_replica_per_node_keeps_answering_when_one_node_is_lost(cluster, checkpoint):
+    import requests
+    from ray import serve
+
+    from serve.app import SegmentationService
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    app = SegmentationService.options(num_replicas=2, ray_actor_options={"num_cpus": 0.5, "resources": {"node_slot": 1}})
+    serve.run(app.bind(checkpoint=checkpoint, device="cpu", segmenter=PROTOCOL), name="tcl", route_prefix="/")
+    url = f"http://127.0.0.1:{port}/v1/segment"
+    direct = Segmenter.from_checkpoint(checkpoint, **PROTOCOL)
+    images = [scene.image for scene in synthetic.scenes(8, seed=6, image_size=32)]
+    expected = [r.labels for r in direct.segment(images, ["a red star", "grass", "sky"])]
+    payloads = [encode_image(image) for image in images]
+
+    from tcl.encoding import run_length_decode
+
+    log, stop = [], threading.Event()
+
+    def client():
+        i = 0
+        while not stop.is_set():
+            k = i % len(images)
+            for attempt in range(5):  # clients may retry
+                try:
+                    answer = requests.post(url, files={"image": ("x.png", payloads[k], "image/png")},
+                                           data={"texts": "a red star,grass,sky"}, timeout=30)
+                except requests.RequestException:
+                    answer = None
+                if answer is not None and answer.status_code == 200:
+                    log.append((time.time(), np.array_equal(run_length_decode(answer.json()["labels"]), expected[k])))
+                    break
+                time.sleep(0.5)
+            else:
+                log.append((time.time(), None))  # failed even after retries
+            i += 1
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(log) >= 10, 120, "answers before the node is lost")
+    lost_at = time.time()
+    cluster.remove_node(worker_nodes(cluster)[0], allow_graceful=False)
+    wait_for(lambda: sum(t > lost_at + 2 for t, _ in log) >= 10, 180, "answers after the node is lost")
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    serve.shutdown()
+    assert all(ok is True for _, ok in log), "a request failed after retries, or was answered with wrong labels"
