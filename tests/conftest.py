@@ -19,6 +19,20 @@ def make_grounder(seed: int = 0) -> Grounder:
     return Grounder(tiny_grounder_config())
 
 
+def save_trained_looking_checkpoint(path: str, seed: int = 0) -> str:
+    """A tiny grounder whose decoder gates are open (as after training, so TCL differs from the
+    baseline), saved as a checkpoint directory."""
+    from tcl.checkpoint import save_grounder
+
+    grounder = make_grounder(seed)
+    with torch.no_grad():
+        for name, param in grounder.named_parameters():
+            if name.endswith("gate"):
+                param.fill_(0.5)
+    save_grounder(path, grounder)
+    return path
+
+
 @pytest.fixture
 def grounder() -> Grounder:
     return make_grounder()

@@ -10,16 +10,14 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from tcl.checkpoint import save_grounder
 from tcl.data import synthetic
 from tcl.data.benchmarks import open_custom
 from tcl.data.shards import ShardWriter, encode_image
 from tcl.evaluation import evaluate
 from tcl.segment import Segmenter
-from tests.conftest import make_grounder
+from tests.conftest import save_trained_looking_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
@@ -57,14 +55,7 @@ def replace_a_worker_node(cluster, node):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    grounder = make_grounder(seed=21)
-    with torch.no_grad():
-        for name, param in grounder.named_parameters():
-            if name.endswith("gate"):
-                param.fill_(0.5)
-    path = str(tmp_path_factory.mktemp("multinode") / "ckpt")
-    save_grounder(path, grounder)
-    return path
+    return save_trained_looking_checkpoint(str(tmp_path_factory.mktemp("multinode") / "ckpt"), seed=21)
 
 
 def wait_for(condition, timeout: float, what: str):

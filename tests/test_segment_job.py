@@ -10,15 +10,13 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
 from PIL import Image
 
 from jobs import segment as segment_job
 from tcl import storage
-from tcl.checkpoint import save_grounder
 from tcl.data.shards import ShardWriter, encode_image
 from tcl.segment import Segmenter
-from tests.conftest import make_grounder
+from tests.conftest import save_trained_looking_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROTOCOL = ["--short-side", "32", "--window", "32", "--stride", "16"]
@@ -33,14 +31,7 @@ def picture(seed: int) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    grounder = make_grounder(seed=11)
-    with torch.no_grad():
-        for name, param in grounder.named_parameters():
-            if name.endswith("gate"):
-                param.fill_(0.5)
-    path = str(tmp_path_factory.mktemp("segment-job") / "ckpt")
-    save_grounder(path, grounder)
-    return path
+    return save_trained_looking_checkpoint(str(tmp_path_factory.mktemp("segment-job") / "ckpt"), seed=11)
 
 
 def read_index(output: str) -> list[dict]:

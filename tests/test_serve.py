@@ -9,13 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import requests
-import torch
 from PIL import Image
 
-from tcl.checkpoint import save_grounder
 from tcl.encoding import run_length_decode
 from tcl.segment import Segmenter
-from tests.conftest import make_grounder
+from tests.conftest import save_trained_looking_checkpoint
 
 PROTOCOL = {"short_side": 32, "window": 32, "stride": 16}
 TEXTS = ["a red star", "grass", "sky"]
@@ -39,14 +37,7 @@ def picture(seed: int, size=(52, 40)) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    grounder = make_grounder(seed=7)
-    with torch.no_grad():  # a decoder that does something, so TCL differs from the baseline
-        for name, param in grounder.named_parameters():
-            if name.endswith("gate"):
-                param.fill_(0.5)
-    path = str(tmp_path_factory.mktemp("serve") / "ckpt")
-    save_grounder(path, grounder)
-    return path
+    return save_trained_looking_checkpoint(str(tmp_path_factory.mktemp("serve") / "ckpt"), seed=7)
 
 
 @pytest.fixture(scope="module")
