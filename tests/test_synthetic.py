@@ -116,7 +116,7 @@ def test_stuff_contrast_and_colour_distance_change_the_pixels():
     assert ground_std(0.0) < 0.5 * ground_std(1.0)
 
     # with a large minimum distance, no shape is painted in the colour of the stuff it stands on
-    world = synthetic.SceneConfig(max_shapes=1, max_stuff=1, min_colour_distance=110)
+    world = synthetic.SceneConfig(max_shapes=1, max_stuff=1, stuff_dullness=0.3, min_colour_distance=110)
     forbidden = {"grass": "green", "water": "blue", "brick": "red"}
     colours_on = {name: set() for name in forbidden}
     for scene in synthetic.scenes(300, seed=4, image_size=48, world=world):
