@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import socket
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from urllib.request import urlopen
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
-import requests  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -34,6 +35,7 @@ from tcl.model import Grounder, GrounderConfig  # noqa: E402
 from tcl.segment import Segmenter  # noqa: E402
 
 TEXTS = ["a red star", "a blue circle", "grass", "sky", "water"]
+timings: dict[str, list[float]] = {}  # the service's Server-Timing parts (ms) of the last load()
 
 
 def free_port() -> int:
@@ -46,25 +48,43 @@ def percentiles(values: list[float]) -> tuple[float, float]:
     return float(np.percentile(values, 50)), float(np.percentile(values, 99))
 
 
-def load(url: str, payloads: list[bytes], concurrency: int) -> tuple[list[float], float]:
-    """Every payload once, `concurrency` at a time: per-request latencies (s) and requests/s."""
-    session_per_thread = {}
+def multipart(payload: bytes) -> tuple[bytes, str]:
+    """A request body, encoded once, so that the load generator spends its CPU on sending."""
+    from urllib3 import encode_multipart_formdata
 
-    def one(payload: bytes) -> float:
-        import threading
+    return encode_multipart_formdata({"image": ("x.png", payload, "image/png"), "texts": ",".join(TEXTS), "format": "json"})
 
-        session = session_per_thread.setdefault(threading.get_ident(), requests.Session())
+
+def load(url: str, bodies: list[tuple[bytes, str]], concurrency: int) -> tuple[list[float], float]:
+    """Every request once, `concurrency` at a time over keep-alive connections: per-request
+    latencies (s) and requests/s."""
+    import http.client
+    import threading
+    from urllib.parse import urlparse
+
+    address = urlparse(url)
+    connections = threading.local()
+    timings.clear()
+
+    def one(body: tuple[bytes, str]) -> float:
+        if not hasattr(connections, "c"):
+            connections.c = http.client.HTTPConnection(address.hostname, address.port, timeout=120)
         start = time.perf_counter()
-        answer = session.post(f"{url}/v1/segment", files={"image": ("x.png", payload, "image/png")},
-                              data={"texts": ",".join(TEXTS), "format": "json"}, timeout=120)
-        if answer.status_code != 200:
-            raise RuntimeError(f"{answer.status_code}: {answer.text}")
-        return time.perf_counter() - start
+        connections.c.request("POST", "/v1/segment", body=body[0], headers={"Content-Type": body[1]})
+        answer = connections.c.getresponse()
+        data = answer.read()
+        if answer.status != 200:
+            raise RuntimeError(f"{answer.status}: {data[:200]!r}")
+        elapsed = time.perf_counter() - start
+        for part in answer.getheader("Server-Timing", "").split(","):
+            name, _, duration = part.strip().partition(";dur=")
+            timings.setdefault(name, []).append(float(duration))
+        return elapsed
 
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
-        latencies = list(pool.map(one, payloads))
-    return latencies, len(payloads) / (time.perf_counter() - start)
+        latencies = list(pool.map(one, bodies))
+    return latencies, len(bodies) / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -73,6 +93,7 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=1, help="torch threads for the replica and the direct loop")
     p.add_argument("--max-batch-size", type=int, default=16)
+    p.add_argument("--batch-wait", type=float, default=0.005, help="the service's batch_wait_timeout_s (default: %(default)s)")
     args = p.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the replica's torch threads (inherited by Ray workers)
     torch.set_num_threads(args.threads)
@@ -113,16 +134,24 @@ def main() -> None:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app({"checkpoint": os.path.join(tmp, "ckpt"), "device": "cpu", "segmenter": protocol,
-                             "max_batch_size": args.max_batch_size, "batch_wait_timeout_s": 0.0}), name="tcl", route_prefix="/")
+                             "max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait}), name="tcl", route_prefix="/")
         url = f"http://127.0.0.1:{port}"
-        load(url, payloads[:16], 4)  # warm-up: text cache, first batches
+        bodies = [multipart(payload) for payload in payloads]
+        load(url, bodies[:16], 4)  # warm-up: text cache, first batches
         rows = [("direct, one image per call", *percentiles(single), len(single) / sum(single)),
                 (f"direct, batches of {args.max_batch_size}", float("nan"), float("nan"), batched_rate)]
-        service = {}
+        service, batch_means = {}, {}
         for concurrency in (1, 8, 32):
-            latencies, rate = load(url, payloads, concurrency)
+            before = json.loads(urlopen(f"{url}/v1/info").read())["batches"]
+            latencies, rate = load(url, bodies, concurrency)
+            after = json.loads(urlopen(f"{url}/v1/info").read())["batches"]
+            sizes = {int(k): v - before.get(k, 0) for k, v in after.items() if v > before.get(k, 0)}
+            batch_means[concurrency] = sum(k * v for k, v in sizes.items()) / max(1, sum(sizes.values()))
             service[concurrency] = (*percentiles(latencies), rate)
             rows.append((f"service, concurrency {concurrency}", *service[concurrency]))
+            inside = ", ".join(f"{name} {np.median(values):.1f}" for name, values in timings.items())
+            print(f"concurrency {concurrency}: mean batch {batch_means[concurrency]:.1f} requests; "
+                  f"inside the replica, median ms: {inside}", flush=True)
         serve.shutdown()
         ray.shutdown()
 
