@@ -121,7 +121,13 @@ def evaluate_distributed(args: argparse.Namespace, dataset: str, actors: int, us
                                    overlays=args.overlays))
     total = ConfusionMatrix(benchmark.num_classes, benchmark.ignore_index)
     seen, nodes = 0, collections.Counter()
+    start, first, last_print = time.perf_counter(), None, time.perf_counter()
     for batch in results.iter_batches(batch_format="numpy", batch_size=None):
+        if first is None:  # startup (actors loading the model) ends with the first results
+            first, first_count = time.perf_counter(), len(batch["index"])
+        if time.perf_counter() - last_print > 10:
+            last_print = time.perf_counter()
+            print(f"  {title(dataset)}: {seen}/{len(benchmark)} images, mIoU so far {100 * total.miou:.1f}", flush=True)
         total.matrix += batch["confusion"].reshape(-1, benchmark.num_classes, benchmark.num_classes).sum(axis=0)
         seen += len(batch["index"])
         nodes.update(batch["node"].tolist())
@@ -133,7 +139,10 @@ def evaluate_distributed(args: argparse.Namespace, dataset: str, actors: int, us
                     f.write(png)
     if seen != len(benchmark):
         raise RuntimeError(f"{dataset}: {seen} of {len(benchmark)} images evaluated")
-    return benchmark, total, dict(nodes)
+    end = time.perf_counter()
+    timing = {"startup_seconds": (first or end) - start,
+              "steady_images_per_second": (seen - first_count) / (end - first) if first and seen > first_count else None}
+    return benchmark, total, {"images_per_node": dict(nodes), **timing}
 
 
 def safe_name(dataset: str) -> str:
@@ -213,11 +222,12 @@ def main(argv: list[str] | None = None) -> dict:
     rows = {}
     for dataset in dataset_names(args.datasets):
         start = time.perf_counter()
-        benchmark, confusion, nodes = evaluate_distributed(args, dataset, actors, use_gpu=gpus > 0)
+        benchmark, confusion, run = evaluate_distributed(args, dataset, actors, use_gpu=gpus > 0)
         result = EvaluationResult(benchmark.name, benchmark.class_names, confusion, len(benchmark), time.perf_counter() - start)
-        rows[dataset] = {**result.as_dict(), "title": title(dataset), "confusion": confusion.matrix.tolist(), "images_per_node": nodes}
+        rows[dataset] = {**result.as_dict(), "title": title(dataset), "confusion": confusion.matrix.tolist(), **run}
         print(f"{title(dataset)}: mIoU {100 * result.miou:.1f} over {result.images} images "
-              f"({result.seconds:.1f}s, {result.images / result.seconds:.2f} images/s, {actors} actors on {len(nodes)} node(s))", flush=True)
+              f"({result.seconds:.1f}s, {result.images / result.seconds:.2f} images/s, {actors} actors on "
+              f"{len(run['images_per_node'])} node(s))", flush=True)
     table = write_outputs(args.output, rows, method)
     print("\n" + table + f"\n\ntables and charts in {args.output}/")
     return rows
