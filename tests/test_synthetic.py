@@ -161,6 +161,22 @@ def test_captions_read_like_alt_text():
     assert len({s.caption for s in scenes}) > 300  # varied phrasing
 
 
+def test_caption_knobs_control_colour_and_stuff_mentions():
+    def captions(**knobs):
+        return [s.caption.lower() for s in synthetic.scenes(200, seed=2, image_size=32, world=synthetic.SceneConfig(**knobs))
+                if s.objects]
+
+    shapes = "|".join(list(synthetic.SHAPES) + list(synthetic._PLURAL.values()))
+
+    def has_colour(text):  # a shape named with its colour (stuff phrases have their own: "blue sky")
+        return any(re.search(rf"\b{c} ({shapes})\b", text) for c in synthetic.COLOURS)
+
+    never, always = captions(colour_mention=0.0), captions(colour_mention=1.0, stuff_mention=1.0)
+    assert not any(has_colour(t) for t in never)
+    assert np.mean([has_colour(t) for t in always]) > 0.85  # all but the ~8% of captions about the ground alone
+    assert captions() == captions(colour_mention=0.6, stuff_mention=0.35)  # the defaults: the world as it was
+
+
 @pytest.mark.parametrize("name", list(synthetic.EVAL_SETS))
 def test_eval_set_written_in_custom_layout(tmp_path, name):
     root = synthetic.write_eval_set(str(tmp_path / name), name, count=4, seed=5, image_size=32)

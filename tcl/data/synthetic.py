@@ -67,6 +67,8 @@ class SceneConfig:
     shape_grain: float = 6.0  # per-pixel noise (std, 0..255) in a shape's paint
     sensor_noise: float = 6.0  # image noise std drawn in [sensor_noise / 3, sensor_noise]
     blur: float = 0.8  # Gaussian blur radius drawn in [0.3, blur] on half the images; 0: never
+    colour_mention: float = 0.6  # captions: chance that a shape is named with its colour ("a red star")
+    stuff_mention: float = 0.35  # captions: chance that the ground is named too ("... on the grass")
 
     def __post_init__(self):
         if not (1 <= self.max_shapes <= 4 and 1 <= self.max_stuff <= len(STUFF)):
@@ -251,8 +253,8 @@ def _article(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
-def _noun_phrase(rng: np.random.Generator, obj: SceneObject, count: int = 1) -> str:
-    with_colour = rng.random() < 0.6
+def _noun_phrase(rng: np.random.Generator, obj: SceneObject, count: int = 1, colour_mention: float = 0.6) -> str:
+    with_colour = rng.random() < colour_mention
     if count > 1:
         return f"{_NUMBER[count]} {obj.colour + ' ' if with_colour else ''}{_PLURAL[obj.shape]}"
     return _article(f"{obj.colour} {obj.shape}" if with_colour else obj.shape)
@@ -271,21 +273,22 @@ def _add_noise(rng: np.random.Generator, caption: str) -> str:
     return caption
 
 
-def write_caption(rng: np.random.Generator, objects: list[SceneObject], stuff: list[str]) -> str:
+def write_caption(rng: np.random.Generator, objects: list[SceneObject], stuff: list[str],
+                  world: SceneConfig = SceneConfig()) -> str:
     """Alt-text for a scene: the salient object or two, often with colour, sometimes the stuff."""
     if rng.random() < 0.08 or not objects:  # the background is the picture
         return _add_noise(rng, str(rng.choice(_STUFF_ALONE[stuff[0]])))
     main = objects[0]
     same = [o for o in objects if o.shape == main.shape]
     if len(same) > 1 and rng.random() < 0.7:
-        phrase = _noun_phrase(rng, main, count=len(same))
+        phrase = _noun_phrase(rng, main, len(same), world.colour_mention)
         others = [o for o in objects if o.shape != main.shape]
     else:
-        phrase = _noun_phrase(rng, main)
+        phrase = _noun_phrase(rng, main, 1, world.colour_mention)
         others = [o for o in objects if o.shape != main.shape]  # never "a ring next to a ring"
     if others and others[0].area > 0.25 * main.area and rng.random() < 0.5:
-        phrase += rng.choice([" and ", " with ", " next to "]) + _noun_phrase(rng, others[0])
-    if rng.random() < 0.35:
+        phrase += rng.choice([" and ", " with ", " next to "]) + _noun_phrase(rng, others[0], 1, world.colour_mention)
+    if rng.random() < world.stuff_mention:
         phrase += " " + str(rng.choice(_STUFF_PLACE[stuff[0]]))
     return _add_noise(rng, phrase)
 
@@ -349,7 +352,7 @@ def make_scene(rng: np.random.Generator, size: int = 64, world: SceneConfig = Sc
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(min(0.3, world.blur), world.blur)))
 
     present = [STUFF[s] for s in sorted(set(stuff_map.flat), key=lambda s: -(stuff_map == s).sum())]
-    return Scene(image, final, stuff_map, objects, present, write_caption(rng, objects, present))
+    return Scene(image, final, stuff_map, objects, present, write_caption(rng, objects, present, world))
 
 
 def scenes(count: int, seed: int, image_size: int = 64, world: SceneConfig = SceneConfig()) -> Iterator[Scene]:
