@@ -114,7 +114,7 @@ def evaluate_distributed(args: argparse.Namespace, dataset: str, actors: int, us
     items = ray.data.from_items([{"index": i} for i in range(len(benchmark))],
                                 override_num_blocks=max(1, -(-len(benchmark) // per_call)))
     results = items.map_batches(
-        ConfusionActor, batch_size=per_call, concurrency=actors,
+        ConfusionActor, batch_size=per_call, compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=1 if use_gpu else 0, num_cpus=0 if use_gpu else 1, resources=args.resources_per_actor or None,
         fn_constructor_kwargs=dict(checkpoint=args.checkpoint, dataset=dataset, data_root=args.data_root, limit=args.limit,
                                    overrides=segmenter_overrides(args), pamr=not args.no_pamr, baseline=args.baseline,

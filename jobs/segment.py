@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> dict:
         decoded = items.map_batches(read_images, batch_size=args.batch_size, num_cpus=1,
                                     fn_kwargs=dict(image_column=args.image_column, s3=s3, max_pixels=args.max_pixels))
         segmented = decoded.map_batches(
-            SegmentActor, batch_size=args.batch_size, concurrency=actors, num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1,
+            SegmentActor, batch_size=args.batch_size, compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1,
             resources=args.resources_per_actor or None,
             fn_constructor_kwargs=dict(checkpoint=args.checkpoint, texts=texts, output=args.output, overrides=overrides,
                                        overlays=args.overlays, s3=s3))
