@@ -41,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="first N images of each set, for quick runs")
     p.add_argument("--overlays", type=int, default=4, help="prediction overlays written per set (default: %(default)s)")
     p.add_argument("--actors", type=int, default=None, help="Segmenter actors (default: one per GPU, else 2 on CPU)")
+    p.add_argument("--actor-start-timeout", type=float, default=900,
+                   help="seconds to wait for all actors to start, e.g. for GPU nodes to come up (default: %(default)s)")
     p.add_argument("--resources-per-actor", type=json.loads, default={},
                    help='extra Ray resources per actor, JSON, e.g. \'{"node_slot": 1}\' to place one per node')
     p.add_argument("--short-side", type=int, default=None, help="protocol override (default 448)")
@@ -109,6 +111,9 @@ def evaluate_distributed(args: argparse.Namespace, dataset: str, actors: int, us
     from tcl.metrics import ConfusionMatrix
 
     benchmark = open_benchmark(dataset, args.data_root, limit=args.limit)
+    # all the actors up before the first image, so the work spreads over all of them (and a pool the
+    # cluster cannot place fails with Ray Data's clear timeout error instead of waiting forever)
+    ray.data.DataContext.get_current().wait_for_min_actors_s = args.actor_start_timeout
     # a few images per call: Ray's per-task overhead is tens of ms, as much as a small image costs
     per_call = max(1, min(8, len(benchmark) // (2 * actors)))
     items = ray.data.from_items([{"index": i} for i in range(len(benchmark))],
