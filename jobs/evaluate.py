@@ -82,8 +82,7 @@ class ConfusionActor:
         self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import io
-
+        from tcl.data.shards import encode_image
         from tcl.evaluation import sample_confusion
 
         matrices, pngs = [], []
@@ -91,9 +90,7 @@ class ConfusionActor:
             sample = self.benchmark.samples[int(i)]
             if i < self.overlays:
                 matrix, picture = sample_confusion(self.segmenter, self.benchmark, sample, overlay=True, **self.overrides)
-                buffer = io.BytesIO()
-                picture.save(buffer, format="PNG")
-                pngs.append(buffer.getvalue())
+                pngs.append(encode_image(picture))
             else:
                 matrix = sample_confusion(self.segmenter, self.benchmark, sample, **self.overrides)
                 pngs.append(b"")
@@ -208,16 +205,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     from jobs.train import init_ray
 
-    from tcl.checkpoint import load_grounder_config, resolve_checkpoint
+    from tcl.checkpoint import checkpoint_for_workers
     from tcl.evaluation import EvaluationResult
-    from tcl.storage import is_s3
 
-    if not is_s3(args.checkpoint):  # fail here, with one clear message, not in every actor
-        args.checkpoint = os.path.abspath(resolve_checkpoint(args.checkpoint))
-        try:
-            load_grounder_config(args.checkpoint)
-        except FileNotFoundError as error:
-            raise SystemExit(f"--checkpoint: {error}") from None
+    try:
+        args.checkpoint = checkpoint_for_workers(args.checkpoint)
+    except FileNotFoundError as error:
+        raise SystemExit(f"--checkpoint: {error}") from None
     init_ray(argparse.Namespace(ray_address=args.ray_address, num_cpus=args.num_cpus))
     import ray
 

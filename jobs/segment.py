@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import glob
 import hashlib
-import io
 import json
 import os
 import re
@@ -161,6 +160,7 @@ class SegmentActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from tcl import storage
+        from tcl.data.shards import encode_image
         from tcl.encoding import pixel_fractions
         from tcl.visualize import label_png, overlay_with_legend
 
@@ -175,23 +175,17 @@ class SegmentActor:
                 continue
             result, name = results[i], output_name(str(key))
             label_path = storage.join(self.output, "labels", name + ".png")
-            storage.write_bytes_atomic(label_path, _png(label_png(result.labels, result.class_names)), **self.s3)
+            storage.write_bytes_atomic(label_path, encode_image(label_png(result.labels, result.class_names)), **self.s3)
             if self.overlays:
                 from PIL import Image
 
                 overlay = overlay_with_legend(Image.fromarray(batch["image"][i]), result.labels, result.class_names, title=str(key)[:60])
-                storage.write_bytes_atomic(storage.join(self.output, "overlays", name + ".png"), _png(overlay), **self.s3)
+                storage.write_bytes_atomic(storage.join(self.output, "overlays", name + ".png"), encode_image(overlay), **self.s3)
             paths.append(label_path)
             sizes.append(result.labels.shape)
             fractions[i] = list(pixel_fractions(result.labels, result.class_names).values())
         return {"key": batch["key"], "source": batch["source"], "error": batch["error"], "label_path": np.array(paths, dtype=object),
                 "height": np.array([s[0] for s in sizes]), "width": np.array([s[1] for s in sizes]), "fractions": fractions}
-
-
-def _png(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -279,7 +273,8 @@ def main(argv: list[str] | None = None) -> dict:
     from jobs.train import init_ray
 
     from tcl import storage
-    from tcl.checkpoint import load_grounder_config, resolve_checkpoint
+    from jobs.evaluate import segmenter_overrides
+    from tcl.checkpoint import checkpoint_for_workers
     from tcl.segment import validate_texts
 
     s3 = storage.s3_options(args.s3_endpoint) if storage.is_s3(args.input) or storage.is_s3(args.output) else {}
@@ -290,14 +285,11 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"--texts: {error}") from None
     threshold = None if args.background_threshold.lower() == "none" else float(args.background_threshold)
     class_names = (["background"] if threshold is not None else []) + texts
-    overrides = {k: v for k, v in (("short_side", args.short_side), ("window", args.window), ("stride", args.stride)) if v}
-    overrides.update(background_threshold=threshold, pamr=not args.no_pamr)
-    if not storage.is_s3(args.checkpoint):  # one clear message here rather than one per actor
-        args.checkpoint = os.path.abspath(resolve_checkpoint(args.checkpoint))
-        try:
-            load_grounder_config(args.checkpoint)
-        except FileNotFoundError as error:
-            raise SystemExit(f"--checkpoint: {error}") from None
+    overrides = {**segmenter_overrides(args), "background_threshold": threshold, "pamr": not args.no_pamr}
+    try:
+        args.checkpoint = checkpoint_for_workers(args.checkpoint)
+    except FileNotFoundError as error:
+        raise SystemExit(f"--checkpoint: {error}") from None
     if not storage.is_s3(args.output):
         args.output = os.path.abspath(args.output)
         os.makedirs(args.output, exist_ok=True)

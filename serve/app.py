@@ -16,7 +16,6 @@ import base64
 import binascii
 import collections
 import dataclasses
-import io
 import json
 import os
 import time
@@ -169,27 +168,22 @@ async def read_request(request: Request, limits: Limits) -> SegmentRequest:
             image_bytes = base64.b64decode(encoded.split(",", 1)[-1], validate=True) if encoded else None  # data URLs too
         except (binascii.Error, ValueError):
             raise RequestError(400, "bad_image", "`image` is not valid base64") from None
-        return parse_fields({k: v for k, v in fields.items() if k != "image"} | {"image": None}, image_bytes, limits)
+        return parse_fields({k: v for k, v in fields.items() if k != "image"}, image_bytes, limits)
     raise RequestError(415, "unsupported_media_type", f"content type {content_type!r}: send multipart/form-data or application/json")
-
-
-def png_bytes(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def render(result, request: SegmentRequest) -> Response:
     """The answer in the requested format: label-map PNG, overlay PNG with legend, or JSON."""
+    from tcl.data.shards import encode_image
     from tcl.encoding import pixel_fractions, run_length_encode
     from tcl.visualize import label_png, overlay_with_legend, palette
 
     names = result.class_names
     headers = {"X-Classes": json.dumps(names)}
     if request.format == "png":
-        return Response(png_bytes(label_png(result.labels, names)), media_type="image/png", headers=headers)
+        return Response(encode_image(label_png(result.labels, names)), media_type="image/png", headers=headers)
     if request.format == "overlay":
-        return Response(png_bytes(overlay_with_legend(request.image, result.labels, names)), media_type="image/png", headers=headers)
+        return Response(encode_image(overlay_with_legend(request.image, result.labels, names)), media_type="image/png", headers=headers)
     colours = palette(len(names), has_background=request.background_threshold is not None)
     body = {
         "width": request.image.width, "height": request.image.height, "texts": request.texts, "classes": names,
@@ -199,7 +193,7 @@ def render(result, request: SegmentRequest) -> Response:
         "labels": run_length_encode(result.labels),
     }
     if request.overlay:
-        body["overlay_png"] = base64.b64encode(png_bytes(overlay_with_legend(request.image, result.labels, names))).decode()
+        body["overlay_png"] = base64.b64encode(encode_image(overlay_with_legend(request.image, result.labels, names))).decode()
     return JSONResponse(body)
 
 

@@ -85,6 +85,17 @@ def resolve_checkpoint(path: str, cache_dir: str | None = None, **s3_options) ->
     return path
 
 
+def checkpoint_for_workers(path: str) -> str:
+    """`path` as the jobs hand it to their Ray actors: a local checkpoint directory or run folder
+    resolved to an absolute checkpoint directory and checked to be one (a FileNotFoundError that
+    names the problem, raised once on the driver rather than in every actor); s3:// unchanged."""
+    if storage.is_s3(path):
+        return path
+    directory = os.path.abspath(resolve_checkpoint(path))
+    load_grounder_config(directory)
+    return directory
+
+
 def load_grounder(path: str, device: str | torch.device = "cpu", **s3_options) -> Grounder:
     """Load a grounder from a checkpoint directory or run folder, local or s3:// (see resolve_checkpoint)."""
     directory = resolve_checkpoint(path, **s3_options)

@@ -63,7 +63,7 @@ class S3Server:
         return sorted(o["Key"] for o in resp.get("Contents", []))
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
@@ -87,7 +87,7 @@ def _wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> N
 @pytest.fixture(scope="session")
 def s3_server():
     pytest.importorskip("moto.server")
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://{HOST}:{port}"
     env = {**os.environ, **CREDENTIALS}
     proc = subprocess.Popen(

@@ -3,7 +3,6 @@ cluster utilities), each worker node with one `node_slot` so that one training w
 replica lands on each. Nodes are stopped midway (without a graceful shutdown, as a lost machine)."""
 import json
 import os
-import socket
 import sys
 import threading
 import time
@@ -18,6 +17,7 @@ from tcl.data.shards import ShardWriter, encode_image
 from tcl.evaluation import evaluate
 from tcl.segment import Segmenter
 from tests.conftest import save_trained_looking_checkpoint
+from tests.s3_server import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
@@ -142,9 +142,7 @@ def test_serve_with_a_replica_per_node_keeps_answering_when_one_node_is_lost(clu
 
     from serve.app import SegmentationService
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = SegmentationService.options(num_replicas=2, ray_actor_options={"num_cpus": 0.5, "resources": {"node_slot": 1}})
     serve.run(app.bind(checkpoint=checkpoint, device="cpu", segmenter=PROTOCOL), name="tcl", route_prefix="/")

@@ -1,5 +1,6 @@
 """jobs/segment.py: labels equal direct Segmenter calls, corrupt images listed, safe names, a kill
 midway then a rerun that completes with nothing twice, and S3 in and out."""
+import io
 import json
 import os
 import signal
@@ -138,5 +139,5 @@ def test_s3_input_and_output(ray_cluster, checkpoint, s3_server):
     direct = Segmenter.from_checkpoint(checkpoint, short_side=32, window=32, stride=16)
     [expected] = direct.segment(picture(202), TEXTS.split(","))
     label = storage.read_bytes(storage.join(output, "labels", segment_job.output_name("p2.png") + ".png"))
-    with Image.open(__import__("io").BytesIO(label)) as label_map:
+    with Image.open(io.BytesIO(label)) as label_map:
         assert np.array_equal(np.asarray(label_map), expected.labels)

@@ -3,7 +3,6 @@ bad input answered 4xx while the service keeps serving, and concurrent requests 
 import base64
 import io
 import json
-import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -14,15 +13,10 @@ from PIL import Image
 from tcl.encoding import run_length_decode
 from tcl.segment import Segmenter
 from tests.conftest import save_trained_looking_checkpoint
+from tests.s3_server import free_port
 
 PROTOCOL = {"short_side": 32, "window": 32, "stride": 16}
 TEXTS = ["a red star", "grass", "sky"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def png(image: Image.Image) -> bytes:
