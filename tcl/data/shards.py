@@ -350,7 +350,11 @@ class SkipCounter:
     def __init__(self, handle: Any = None):
         if handle is None:
             import ray
-            handle = ray.remote(num_cpus=0)(_SkipCounterActor).remote()
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            # On the driver's own node: the count must outlive any worker node a run loses.
+            here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+            handle = ray.remote(num_cpus=0, scheduling_strategy=here)(_SkipCounterActor).remote()
         self._handle = handle
 
     def add(self, reasons: dict[str, int]) -> None:
