@@ -1,6 +1,6 @@
 """The built-in offline pipeline: the whole of TCL on one machine, with nothing downloaded.
 
-    synthetic shards -> tiny CLIP pretraining (Ray Train) -> TCL training (Ray Train, 2 workers)
+    synthetic shards -> tiny CLIP pretraining, two stages (Ray Train) -> TCL training (Ray Train, 2 workers)
       -> mIoU of the frozen-CLIP baseline and of TCL on shapes-things and shapes-stuff
       -> overlay PNGs of held-out images with their captions -> a short table
 
@@ -11,6 +11,12 @@
 The synthetic world (tcl.data.synthetic.SceneConfig, defaults: the main job's world) is set in one
 place, --world, and the same one makes the training shards, the evaluation sets, the overlays and
 the tiny CLIP's zero-shot test; it is recorded in <output>/world.json.
+
+The tiny CLIP learns in two stages, a curriculum: first on captions that name only the shapes,
+plainly ("a star", "two rings and a heart"; shards-objects/, the same world with OBJECT_CAPTIONS),
+then on the web-like captions TCL trains on (shards/). Trained on the web-like captions alone,
+colour and ground explain the captions first and the tiny CLIP never learns the shapes in its
+budget (zero-shot at chance; see the README).
 
 Each stage leaves its result in the output folder and is skipped on a rerun when that result is
 there (shards, evaluation sets, the two training runs: Ray Train resumes an unfinished run from
@@ -34,6 +40,8 @@ from jobs import train as train_job  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL_SEED = 10 ** 6  # held-out scenes: training shards use seeds below this
+# the first CLIP stage's captions: the shapes only, no colour, ground, background-only captions or noise
+OBJECT_CAPTIONS = ("colour_mention=0", "stuff_mention=0", "background_caption=0", "caption_noise=false")
 SCENE_PROTOCOL = {"short_side": 64, "window": 64, "stride": 32}  # 64 px scenes: one window each; the rest as the protocol
 
 
@@ -42,7 +50,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", default="outputs/pipeline", help="folder for everything (default: %(default)s)")
     p.add_argument("--pairs", type=int, default=20000, help="synthetic image-text pairs to train on (default: %(default)s)")
     p.add_argument("--eval-images", type=int, default=100, help="images per evaluation set (default: %(default)s)")
-    p.add_argument("--clip-steps", type=int, default=None, help="tiny-CLIP steps (default: configs/synthetic_clip.yaml)")
+    p.add_argument("--object-pairs", type=int, default=8000,
+                   help="pairs with shape-only captions for the tiny CLIP's first stage (default: %(default)s)")
+    p.add_argument("--clip-object-steps", type=int, default=400,
+                   help="tiny-CLIP steps on shape-only captions; 0 skips that stage (default: %(default)s)")
+    p.add_argument("--clip-steps", type=int, default=600,
+                   help="tiny-CLIP steps on the web-like captions, after the first stage (default: %(default)s)")
     p.add_argument("--tcl-steps", type=int, default=None, help="TCL steps (default: configs/synthetic.yaml)")
     p.add_argument("--num-cpus", type=int, default=None, help="logical CPUs for the local Ray instance")
     p.add_argument("--world", action="append", default=[], metavar="KEY=VALUE",
@@ -73,26 +86,31 @@ def record_world(args: argparse.Namespace):
     return world
 
 
-def make_data(args: argparse.Namespace, world) -> tuple[str, dict[str, str]]:
+def make_data(args: argparse.Namespace, world) -> tuple[str, str, dict[str, str]]:
+    """The training shards, the first CLIP stage's shards (shape-only captions, other scenes) and
+    the evaluation sets; each made once."""
     from tcl.data import synthetic
 
     shards = os.path.join(args.output, "shards")
-    if make_shards.existing_shards(shards, None):
-        print(f"reusing shards in {shards}")
-    else:
-        make_shards.main(["--source", "synthetic", "--count", str(args.pairs), "--seed", "0", "--image-size", "64",
-                          "--rows-per-shard", "1000", "--output", shards, *world_flags(args)])
+    object_shards = os.path.join(args.output, "shards-objects")
+    object_world = [*args.world, *OBJECT_CAPTIONS]
+    for folder, count, seed, values in ((shards, args.pairs, 0, args.world), (object_shards, args.object_pairs, 1, object_world)):
+        if make_shards.existing_shards(folder, None):
+            print(f"reusing shards in {folder}")
+        elif count:
+            make_shards.main(["--source", "synthetic", "--count", str(count), "--seed", str(seed), "--image-size", "64",
+                              "--rows-per-shard", "1000", "--output", folder, *world_flags(values)])
     sets = {}
     for name in synthetic.EVAL_SETS:
         root = os.path.join(args.output, "eval", name)
         if not os.path.isfile(os.path.join(root, "classes.txt")):
             synthetic.write_eval_set(root, name, args.eval_images, EVAL_SEED, image_size=64, world=world)
         sets[name] = root
-    return shards, sets
+    return shards, object_shards, sets
 
 
-def world_flags(args: argparse.Namespace) -> list[str]:
-    return [flag for value in args.world for flag in ("--world", value)]
+def world_flags(values) -> list[str]:
+    return [flag for value in values for flag in ("--world", value)]
 
 
 def evaluate_all(checkpoint: str, sets: dict[str, str]) -> dict[str, dict[str, float]]:
@@ -151,15 +169,21 @@ def main(argv: list[str] | None = None) -> dict:
 
     start = stage("1/5 synthetic shards and held-out evaluation sets")
     world = record_world(args)
-    shards, sets = make_data(args, world)
+    shards, object_shards, sets = make_data(args, world)
     timings["data"] = time.perf_counter() - start
 
-    start = stage("2/5 tiny CLIP pretraining (Ray Train)")
+    start = stage("2/5 tiny CLIP pretraining (Ray Train): shape-only captions, then web-like ones")
     train_job.init_ray(argparse.Namespace(ray_address=None, num_cpus=args.num_cpus))
-    clip_overrides = [f"data.shards={os.path.abspath(shards)}", f"run.storage={runs}"]
+    clip_command = [*world_flags(args.world), "--config", os.path.join(ROOT, "configs", "synthetic_clip.yaml"), f"run.storage={runs}"]
+    clip_init = []
+    if args.clip_object_steps:
+        first = pretrain_clip.main([*clip_command, f"data.shards={os.path.abspath(object_shards)}",
+                                    "run.name=synthetic-clip-objects", f"optim.total_steps={args.clip_object_steps}"])
+        clip_init = [f"model.grounder.clip.pretrained={first['clip_weights']}", "model.grounder.clip.model_cfg=null"]
+    clip_overrides = [f"data.shards={os.path.abspath(shards)}", *clip_init]
     if args.clip_steps:
         clip_overrides.append(f"optim.total_steps={args.clip_steps}")
-    clip = pretrain_clip.main([*world_flags(args), "--config", os.path.join(ROOT, "configs", "synthetic_clip.yaml"), *clip_overrides])
+    clip = pretrain_clip.main([*clip_command, *clip_overrides])
     timings["clip"] = time.perf_counter() - start
 
     start = stage("3/5 TCL training (Ray Train, DDP over 2 workers)")

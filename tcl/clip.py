@@ -273,7 +273,7 @@ class ContrastiveCLIP(nn.Module):
 
     def __init__(self, config: CLIPConfig):
         super().__init__()
-        self.config = config
+        self.config = config = with_architecture(config)  # a saved tiny CLIP to start from: its JSON has the architecture
         self.model = create_open_clip(config)
 
     def forward(self, images: torch.Tensor, text_tokens: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -288,14 +288,17 @@ def _tcl_schedule(model: nn.Module, step: int) -> bool:
 
 
 def _build_clip(train_config: dict) -> nn.Module:
-    """A CLIP trained from scratch, architecture from model.grounder.clip (jobs/pretrain_clip.py)."""
+    """A CLIP to pretrain (jobs/pretrain_clip.py): from scratch with the architecture
+    model.grounder.clip.model_cfg, or from the weights model.grounder.clip.pretrained names (a
+    saved CLIP's file, whose JSON beside it gives the architecture, or an open_clip tag)."""
     from tcl import config as config_lib
     from tcl.clip import ContrastiveCLIP
 
     clip = config_lib.from_dict(TrainConfig, train_config).model.grounder.clip
-    if clip.model_cfg is None:
-        raise ValueError("pretraining a CLIP needs model.grounder.clip.model_cfg (its architecture)")
-    return ContrastiveCLIP(dataclasses.replace(clip, pretrained=None))
+    if clip.model_cfg is None and not clip.pretrained:
+        raise ValueError("pretraining a CLIP needs model.grounder.clip.model_cfg (its architecture) "
+                         "or model.grounder.clip.pretrained (weights to start from)")
+    return ContrastiveCLIP(clip)
 
 
 TASKS: dict[str, Task] = {

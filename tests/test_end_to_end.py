@@ -27,13 +27,13 @@ def test_trained_checkpoint_beats_the_baseline_mode(tmp_path):
         baseline = evaluate_job.main([*common, "--baseline", "--output", str(tmp_path / "baseline")])
     finally:
         ray.shutdown()
+    assert summary["clip_zero_shot_accuracy"] > 0.3  # the two-stage tiny CLIP names shapes (chance 0.125; measured 0.507)
     scores = {os.path.basename(d): (tcl[d]["miou"], baseline[d]["miou"]) for d in tcl}
     print("mIoU TCL, baseline:", scores)
     # Above the baseline over the two sets, and by far on shapes-stuff: TCL grounds what the tiny
     # CLIP knows (stuff, colours) much better than its frozen dense features do. On shapes-things
-    # the tiny CLIP does not know the shapes (README, known gap): there both sit near 8 mIoU
-    # (measured 8.0 against 8.5 in one run, 8.0 against 8.0 in another), and TCL is only held to
-    # staying within 1.5 points.
+    # the tiny CLIP knows the shapes only half the time (README, known gap): measured 9.0 -> 11.1 in
+    # one run, so TCL is only held to staying within 1.5 points there.
     average = {m: (scores["shapes-things"][i] + scores["shapes-stuff"][i]) / 2 for i, m in enumerate(("tcl", "baseline"))}
     assert average["tcl"] > average["baseline"] + 0.03, scores
     assert scores["shapes-stuff"][0] > scores["shapes-stuff"][1] + 0.05, scores

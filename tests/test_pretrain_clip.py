@@ -1,5 +1,6 @@
 """Tiny-CLIP pretraining: the contrastive module, its saved files, and the Ray Train run whose
 weights become TCL's frozen CLIP (the pipeline's stages 2 and 3)."""
+import json
 import os
 
 import pytest
@@ -35,6 +36,28 @@ def test_contrastive_clip_trains_both_towers_and_saves_a_loadable_clip(tmp_path)
         assert torch.equal(frozen.model.state_dict()[key], value)
     predictions = zero_shot_predictions(frozen, images, ["circle", "star", "ring"])
     assert predictions.shape == (4,) and predictions.max() < 3
+
+
+def test_pretraining_starts_from_a_saved_clip_or_needs_an_architecture(tmp_path):
+    """The pipeline's second CLIP stage continues from the first stage's saved weights."""
+    from tcl import config as config_lib
+    from tcl.training import TASKS, TrainConfig
+
+    torch.manual_seed(1)
+    weights = ContrastiveCLIP(CLIPConfig("tiny", pretrained=None, model_cfg=SMALL)).save(str(tmp_path / "first"))
+    build = TASKS["clip"].build
+    start = config_lib.load(TrainConfig, None, ["model.grounder.clip.model_name=tiny", f"model.grounder.clip.pretrained={weights}"])
+    model = build(config_lib.to_dict(start))
+    assert model.config.model_cfg == SMALL  # read beside the weights
+    for key, value in load_file(weights).items():
+        assert torch.equal(model.model.state_dict()[key], value)
+    torch.manual_seed(2)
+    scratch = build(config_lib.to_dict(config_lib.load(TrainConfig, None, [
+        "model.grounder.clip.model_name=tiny", "model.grounder.clip.pretrained=null", f"model.grounder.clip.model_cfg={json.dumps(SMALL)}"])))
+    assert not torch.equal(scratch.model.visual.conv1.weight, model.model.visual.conv1.weight)  # from scratch
+    nothing = config_lib.load(TrainConfig, None, ["model.grounder.clip.model_name=tiny", "model.grounder.clip.pretrained=null"])
+    with pytest.raises(ValueError, match="model_cfg .* or model.grounder.clip.pretrained"):
+        build(config_lib.to_dict(nothing))
 
 
 def test_pretrained_clip_becomes_the_frozen_clip_of_tcl(ray_cluster, tmp_path):

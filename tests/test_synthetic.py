@@ -177,6 +177,27 @@ def test_caption_knobs_control_colour_and_stuff_mentions():
     assert captions() == captions(colour_mention=0.6, stuff_mention=0.35)  # the defaults: the world as it was
 
 
+def test_object_captions_name_only_the_shapes_plainly():
+    """The tiny CLIP's first stage (jobs/pipeline.py OBJECT_CAPTIONS): every caption names the
+    largest shape, with nothing but shapes, counts and joining words; and it describes the same
+    scenes as the web-like captions."""
+    from jobs.pipeline import OBJECT_CAPTIONS
+
+    plain = synthetic.scene_config(OBJECT_CAPTIONS)
+    assert (plain.background_caption, plain.caption_noise, plain.colour_mention, plain.stuff_mention) == (0, False, 0, 0)
+    vocabulary = set(synthetic.SHAPES) | set(synthetic._PLURAL.values()) | set(synthetic._NUMBER.values()) | {
+        "a", "an", "and", "with", "next", "to"}
+    scenes = list(synthetic.scenes(300, seed=3, image_size=32, world=plain))
+    for scene in scenes:
+        words = scene.caption.split()
+        assert set(words) <= vocabulary, scene.caption
+        assert re.search(rf"\b{scene.objects[0].shape}", scene.caption), scene.caption
+    assert len({s.caption for s in scenes}) > 20  # still phrases, not class ids
+    web = list(synthetic.scenes(300, seed=3, image_size=32))
+    assert all(np.array_equal(np.asarray(a.image), np.asarray(b.image)) for a, b in zip(scenes[:20], web[:20]))
+    assert any(not s.objects or not re.search(rf"\b{s.objects[0].shape}", s.caption.lower()) for s in web)  # the web-like ones do not always
+
+
 @pytest.mark.parametrize("name", list(synthetic.EVAL_SETS))
 def test_eval_set_written_in_custom_layout(tmp_path, name):
     root = synthetic.write_eval_set(str(tmp_path / name), name, count=4, seed=5, image_size=32)

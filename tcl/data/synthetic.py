@@ -69,6 +69,8 @@ class SceneConfig:
     blur: float = 0.8  # Gaussian blur radius drawn in [0.3, blur] on half the images; 0: never
     colour_mention: float = 0.6  # captions: chance that a shape is named with its colour ("a red star")
     stuff_mention: float = 0.35  # captions: chance that the ground is named too ("... on the grass")
+    background_caption: float = 0.08  # captions: chance that only the ground is named ("brick wall")
+    caption_noise: bool = True  # captions: web noise (prefixes, tag lines, case, typos)
 
     def __post_init__(self):
         if not (1 <= self.max_shapes <= 4 and 1 <= self.max_stuff <= len(STUFF)):
@@ -276,8 +278,9 @@ def _add_noise(rng: np.random.Generator, caption: str) -> str:
 def write_caption(rng: np.random.Generator, objects: list[SceneObject], stuff: list[str],
                   world: SceneConfig = SceneConfig()) -> str:
     """Alt-text for a scene: the salient object or two, often with colour, sometimes the stuff."""
-    if rng.random() < 0.08 or not objects:  # the background is the picture
-        return _add_noise(rng, str(rng.choice(_STUFF_ALONE[stuff[0]])))
+    if rng.random() < world.background_caption or not objects:  # the background is the picture
+        background = str(rng.choice(_STUFF_ALONE[stuff[0]]))
+        return _add_noise(rng, background) if world.caption_noise else background
     main = objects[0]
     same = [o for o in objects if o.shape == main.shape]
     if len(same) > 1 and rng.random() < 0.7:
@@ -290,7 +293,7 @@ def write_caption(rng: np.random.Generator, objects: list[SceneObject], stuff: l
         phrase += rng.choice([" and ", " with ", " next to "]) + _noun_phrase(rng, others[0], 1, world.colour_mention)
     if rng.random() < world.stuff_mention:
         phrase += " " + str(rng.choice(_STUFF_PLACE[stuff[0]]))
-    return _add_noise(rng, phrase)
+    return _add_noise(rng, phrase) if world.caption_noise else phrase
 
 
 # --------------------------------------------------------------------------------------------------
