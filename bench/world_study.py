@@ -8,6 +8,9 @@ its zero-shot accuracy at naming the largest shape of single-object scenes of th
     python bench/world_study.py                                   # the default world
     python bench/world_study.py --steps 400 --world max_shapes=2 --world max_rotation=0
     python bench/world_study.py --compare "max_shapes=4 max_rotation=30" "max_shapes=2 max_rotation=0"
+    python bench/world_study.py --steps 600 --first-steps 400 --first-world colour_mention=0 \
+        --first-world stuff_mention=0 --first-world background_caption=0 --first-world caption_noise=false
+                                     # the pipeline's two-stage tiny CLIP: first stage on shape-only captions
 
 Not a test: a few minutes per world on 2 cores (pair generation and training).
 """
@@ -47,28 +50,38 @@ def zero_shot(model: ContrastiveCLIP, cfg: TrainConfig, test) -> float:
     return float((predictions == labels).float().mean())
 
 
-def study(world: synthetic.SceneConfig, cfg: TrainConfig, steps: int, pairs: int, test_images: int, seed: int,
-          report_every: int = 0) -> dict:
-    start = time.perf_counter()
+def pairs_tensor(world: synthetic.SceneConfig, cfg: TrainConfig, pairs: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(normalised images [N, 3, H, W], tokens [N, L]) of `pairs` scenes of `world`."""
     grounder = cfg.model.grounder
     data = list(synthetic.caption_pairs(pairs, seed, cfg.data.image_size, world))
     images = images_to_tensor([image for image, _ in data], grounder.image_mean, grounder.image_std)
-    tokens = make_tokenizer(grounder.clip)([caption for _, caption in data])
+    return images, make_tokenizer(grounder.clip)([caption for _, caption in data])
+
+
+def study(world: synthetic.SceneConfig, cfg: TrainConfig, steps: int, pairs: int, test_images: int, seed: int,
+          report_every: int = 0, first_world: synthetic.SceneConfig | None = None, first_steps: int = 0) -> dict:
+    """Train from scratch (first `first_steps` steps on `first_world`'s pairs, then `steps` on
+    `world`'s, one cosine schedule over both) and test zero-shot on `world`."""
+    start = time.perf_counter()
+    grounder = cfg.model.grounder
+    stages = [(first_steps, pairs_tensor(first_world, cfg, pairs, seed + 1))] if first_steps else []
+    stages.append((steps, pairs_tensor(world, cfg, pairs, seed)))
     generated = time.perf_counter() - start
 
     torch.manual_seed(seed)
     model = ContrastiveCLIP(CLIPConfig(grounder.clip.model_name, pretrained=None, model_cfg=grounder.clip.model_cfg))
-    optim = dataclasses.replace(cfg.optim, total_steps=steps)
+    optim = dataclasses.replace(cfg.optim, total_steps=first_steps + steps)
     optimizer = torch.optim.AdamW(param_groups(model, optim.weight_decay), lr=learning_rate(0, optim), betas=optim.betas, eps=optim.eps)
     generator = torch.Generator().manual_seed(seed)
     test = list(synthetic.single_object_images(test_images, 12345, cfg.data.image_size, world))
     curve = []
     start = time.perf_counter()
-    for step in range(steps):
+    schedule = [(images, tokens) for count, (images, tokens) in stages for _ in range(count)]
+    for step, (images, tokens) in enumerate(schedule):
         lr = learning_rate(step, optim)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        index = torch.randint(len(data), (optim.batch_size,), generator=generator)
+        index = torch.randint(len(images), (optim.batch_size,), generator=generator)
         batch = images[index]
         if torch.rand((), generator=generator) < 0.5:  # a cheap stand-in for the random crop: flips
             batch = batch.flip(-1)
@@ -77,7 +90,7 @@ def study(world: synthetic.SceneConfig, cfg: TrainConfig, steps: int, pairs: int
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
         optimizer.step()
-        if report_every and (step + 1) % report_every == 0 and step + 1 < steps:
+        if report_every and (step + 1) % report_every == 0 and step + 1 < len(schedule):
             curve.append(f"{step + 1}:{100 * zero_shot(model, cfg, test):.0f}%")
             print(f"  step {step + 1} loss {float(loss.detach()):.2f} zero-shot {curve[-1]}", flush=True)
     trained = time.perf_counter() - start
@@ -95,6 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--report-every", type=int, default=0, help="print zero-shot accuracy every N steps too")
     p.add_argument("--world", action="append", default=[], metavar="KEY=VALUE", help="SceneConfig value (repeatable)")
+    p.add_argument("--first-world", action="append", default=[], metavar="KEY=VALUE",
+                   help="the first stage's world: the world with these values too (repeatable), e.g. shape-only captions")
+    p.add_argument("--first-steps", type=int, default=0, help="steps on --first-world before --steps on the world")
     p.add_argument("--compare", nargs="+", metavar="'K=V K=V'", help="several worlds, each a space-separated list of K=V")
     p.add_argument("overrides", nargs="*", help="tiny-CLIP config overrides, e.g. optim.base_lr=0.1")
     args = p.parse_args(argv)
@@ -104,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"tiny CLIP {cfg.model.grounder.clip.model_cfg['vision_cfg']}, batch {cfg.optim.batch_size}, {args.steps} steps, "
           f"{args.pairs} pairs, {args.threads} threads")
     for overrides in worlds:
-        result = study(synthetic.scene_config(overrides), cfg, args.steps, args.pairs, args.test_images, args.seed, args.report_every)
+        result = study(synthetic.scene_config(overrides), cfg, args.steps, args.pairs, args.test_images, args.seed, args.report_every,
+                       synthetic.scene_config([*overrides, *args.first_world]), args.first_steps)
         print(f"zero-shot {100 * result['zero_shot']:5.1f}%  loss {result['final_loss']:.2f}  "
               f"(data {result['seconds_data']:.0f}s, train {result['seconds_train']:.0f}s)  world: {' '.join(overrides) or 'default'}",
               flush=True)
