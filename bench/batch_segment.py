@@ -11,7 +11,6 @@ a large collection amortises).
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import shutil
 import sys
@@ -27,6 +26,7 @@ from jobs import segment as segment_job  # noqa: E402
 from tcl.checkpoint import save_grounder  # noqa: E402
 from tcl.clip import CLIPConfig, tiny_model_cfg  # noqa: E402
 from tcl.data import synthetic  # noqa: E402
+from tcl.data.shards import encode_image  # noqa: E402
 from tcl.model import Grounder, GrounderConfig  # noqa: E402
 from tcl.segment import Segmenter  # noqa: E402
 from tcl.visualize import label_png  # noqa: E402
@@ -65,10 +65,8 @@ def main() -> None:
                 with Image.open(os.path.join(tmp, "in", name)) as image:
                     images.append(image.convert("RGB"))
             for name, result in zip(names, segmenter.segment(images, texts, with_probabilities=False)):
-                buffer = io.BytesIO()
-                label_png(result.labels, result.class_names).save(buffer, format="PNG")
                 with open(os.path.join(tmp, "direct", name), "wb") as f:
-                    f.write(buffer.getvalue())
+                    f.write(encode_image(label_png(result.labels, result.class_names)))
         loop_rate = len(files) / (time.perf_counter() - start)
 
         rows = [("direct loop, 1 thread", loop_rate, 1)]

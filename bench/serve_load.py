@@ -31,6 +31,7 @@ from PIL import Image  # noqa: E402
 from tcl.checkpoint import save_grounder  # noqa: E402
 from tcl.clip import CLIPConfig, tiny_model_cfg  # noqa: E402
 from tcl.data import synthetic  # noqa: E402
+from tcl.data.shards import encode_image  # noqa: E402
 from tcl.model import Grounder, GrounderConfig  # noqa: E402
 from tcl.segment import Segmenter  # noqa: E402
 
@@ -109,11 +110,7 @@ def main() -> None:
         torch.manual_seed(0)
         save_grounder(os.path.join(tmp, "ckpt"), Grounder(GrounderConfig(clip=CLIPConfig("tiny-vit-8", None, tiny_model_cfg(image_size=size)))))
         images = [scene.image for scene in synthetic.scenes(args.requests, seed=3, image_size=size)]
-        payloads = []
-        for image in images:
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-            payloads.append(buffer.getvalue())
+        payloads = [encode_image(image) for image in images]
 
         # direct, in process: the same decode + segment + encode as a request, without HTTP/Serve
         direct = Segmenter.from_checkpoint(os.path.join(tmp, "ckpt"), device="cpu", **protocol)

@@ -10,6 +10,7 @@ import pytest
 import requests
 from PIL import Image
 
+from tcl.data.shards import encode_image
 from tcl.encoding import run_length_decode
 from tcl.segment import Segmenter
 from tests.conftest import save_trained_looking_checkpoint
@@ -17,12 +18,6 @@ from tests.s3_server import free_port
 
 PROTOCOL = {"short_side": 32, "window": 32, "stride": 16}
 TEXTS = ["a red star", "grass", "sky"]
-
-
-def png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def picture(seed: int, size=(52, 40)) -> Image.Image:
@@ -61,7 +56,7 @@ def segment(url, image_bytes, texts=TEXTS, **fields):
 
 def test_json_answer_matches_a_direct_segmenter_call(service, direct):
     image = picture(1)
-    answer = segment(service, png(image), format="json")
+    answer = segment(service, encode_image(image), format="json")
     assert answer.status_code == 200, answer.text
     body = answer.json()
     [expected] = direct.segment(image, TEXTS, background_threshold=0.4, pamr=True)
@@ -76,7 +71,7 @@ def test_json_answer_matches_a_direct_segmenter_call(service, direct):
 
 def test_base64_json_request_without_threshold_and_pamr(service, direct):
     image = picture(2)
-    payload = {"image": base64.b64encode(png(image)).decode(), "texts": TEXTS, "background_threshold": None,
+    payload = {"image": base64.b64encode(encode_image(image)).decode(), "texts": TEXTS, "background_threshold": None,
                "pamr": False, "format": "json", "overlay": True}
     answer = requests.post(f"{service}/v1/segment", json=payload, timeout=60)
     assert answer.status_code == 200, answer.text
@@ -91,12 +86,12 @@ def test_base64_json_request_without_threshold_and_pamr(service, direct):
 def test_png_and_overlay_answers(service, direct):
     image = picture(3)
     [expected] = direct.segment(image, TEXTS, background_threshold=0.4)
-    answer = segment(service, png(image), format="png")
+    answer = segment(service, encode_image(image), format="png")
     assert answer.status_code == 200 and answer.headers["content-type"] == "image/png"
     assert json.loads(answer.headers["x-classes"]) == ["background", *TEXTS]
     with Image.open(io.BytesIO(answer.content)) as label_map:
         assert label_map.mode == "P" and np.array_equal(np.asarray(label_map), expected.labels)
-    answer = segment(service, png(image), format="overlay")
+    answer = segment(service, encode_image(image), format="overlay")
     assert answer.status_code == 200 and answer.headers["content-type"] == "image/png"
     with Image.open(io.BytesIO(answer.content)) as overlay:
         assert overlay.width > 52
@@ -118,7 +113,7 @@ def test_png_and_overlay_answers(service, direct):
     ("plain_text_body", 415, "unsupported_media_type"),
 ])
 def test_bad_input_is_a_4xx_naming_the_problem_and_the_service_keeps_serving(service, case, status, code):
-    good = png(picture(4))
+    good = encode_image(picture(4))
     if case == "body_too_large":
         answer = segment(service, b"\0" * (2**20 + 10))
     elif case == "not_an_image":
@@ -126,7 +121,7 @@ def test_bad_input_is_a_4xx_naming_the_problem_and_the_service_keeps_serving(ser
     elif case == "truncated":
         answer = segment(service, good[: len(good) // 2])
     elif case == "too_many_pixels":
-        answer = segment(service, png(Image.new("RGB", (301, 300))))
+        answer = segment(service, encode_image(Image.new("RGB", (301, 300))))
     elif case == "no_texts":
         answer = segment(service, good, texts=[" ", ""])
     elif case == "too_many_texts":
@@ -156,7 +151,7 @@ def test_concurrent_requests_all_succeed_and_are_batched(service, direct):
     texts = [TEXTS if i % 2 else ["grass", f"a {i} pointed star"] for i in range(32)]  # different texts, one batch
     before = requests.get(f"{service}/v1/info", timeout=30).json()["batches"]
     with ThreadPoolExecutor(32) as pool:
-        answers = list(pool.map(lambda i: segment(service, png(images[i]), texts=texts[i]), range(32)))
+        answers = list(pool.map(lambda i: segment(service, encode_image(images[i]), texts=texts[i]), range(32)))
     assert [a.status_code for a in answers] == [200] * 32
     for image, image_texts, answer in zip(images, texts, answers):
         [expected] = direct.segment(image, image_texts, background_threshold=0.4)

@@ -259,7 +259,7 @@ def _article(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
-def _noun_phrase(rng: np.random.Generator, obj: SceneObject, count: int = 1, colour_mention: float = 0.6) -> str:
+def _noun_phrase(rng: np.random.Generator, obj: SceneObject, count: int, colour_mention: float) -> str:
     with_colour = rng.random() < colour_mention
     if count > 1:
         return f"{_NUMBER[count]} {obj.colour + ' ' if with_colour else ''}{_PLURAL[obj.shape]}"
