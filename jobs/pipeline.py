@@ -62,7 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a synthetic-world value (tcl.data.synthetic.SceneConfig), e.g. --world max_shapes=2; repeatable")
     p.add_argument("--fresh", action="store_true", help="delete the output folder first")
     p.add_argument("tcl_overrides", nargs="*", help="extra TCL config overrides, e.g. loss.area_weight=0")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.clip_object_steps and not args.object_pairs:
+        p.error("--object-pairs 0 leaves the tiny CLIP's first stage nothing to train on: pass --clip-object-steps 0 too")
+    return args
 
 
 def stage(title: str) -> float:

@@ -198,6 +198,16 @@ def test_object_captions_name_only_the_shapes_plainly():
     assert any(not s.objects or not re.search(rf"\b{s.objects[0].shape}", s.caption.lower()) for s in web)  # the web-like ones do not always
 
 
+def test_pipeline_refuses_a_first_clip_stage_without_its_shards(capsys):
+    from jobs.pipeline import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--object-pairs", "0"])
+    assert "--clip-object-steps 0" in capsys.readouterr().err
+    args = parse_args(["--object-pairs", "0", "--clip-object-steps", "0"])
+    assert (args.object_pairs, args.clip_object_steps) == (0, 0)
+
+
 @pytest.mark.parametrize("name", list(synthetic.EVAL_SETS))
 def test_eval_set_written_in_custom_layout(tmp_path, name):
     root = synthetic.write_eval_set(str(tmp_path / name), name, count=4, seed=5, image_size=32)
