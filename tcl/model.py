@@ -76,7 +76,9 @@ class Grounder(nn.Module):
     def grounded_embedding(self, penultimate: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """The grounder's dense embedding from CLIP's penultimate tokens. [B, C, h*4, w*4]."""
         x = self.clip._batch_first(penultimate, lambda t: self_only_attention_block(self.self_only_block, t))
-        x = x[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, *grid)  # [B, D, h, w]
+        # [B, D, h, w] with channels innermost in memory: the first upsample keeps that layout, so the
+        # decoder runs cuDNN's NHWC convolutions (seen in a profile on an H100; forcing it changed nothing).
+        x = x[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, *grid)
         x = self.grounding_decoder(x)
         x = project_tokens(x.permute(0, 2, 3, 1), self.ln_post, self.proj)
         return x.permute(0, 3, 1, 2)
