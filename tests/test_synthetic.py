@@ -126,6 +126,41 @@ def test_stuff_contrast_and_colour_distance_change_the_pixels():
         assert colours_on[name] and colour not in colours_on[name], (name, colours_on[name])
 
 
+def test_shape_markings_paint_only_inside_shapes_and_change_nothing_else():
+    # one shape a scene: a second shape's colour depends on the paint under it, markings included
+    plain = list(synthetic.scenes(12, seed=8, image_size=64, world=synthetic.SceneConfig(max_shapes=1, shape_markings=0.0)))
+    marked = list(synthetic.scenes(12, seed=8, image_size=64, world=synthetic.SceneConfig(max_shapes=1, shape_markings=0.5)))
+    changed_inside = []
+    for a, b in zip(plain, marked):  # same random draws: same layout, captions and ground truth
+        assert a.caption == b.caption and np.array_equal(a.shape_map, b.shape_map)
+        difference = np.abs(np.asarray(a.image, np.float32) - np.asarray(b.image, np.float32)).max(axis=2)
+        blurred_edge = np.zeros_like(a.shape_map, bool)  # blur may carry a marking a pixel or two outside
+        for dy in range(-3, 4):
+            for dx in range(-3, 4):
+                blurred_edge |= np.roll(a.shape_map > 0, (dy, dx), axis=(0, 1))
+        assert difference[~blurred_edge].max() == 0
+        changed_inside.append((difference[a.shape_map > 0] > 20).mean())
+    assert np.mean(changed_inside) > 0.2  # the lines cover a good part of each shape
+
+
+def test_each_shape_class_has_its_own_marking_and_a_flip_keeps_it():
+    assert set(synthetic.MARKINGS) == set(synthetic.SHAPES)
+
+    def spectrum(marking: np.ndarray) -> np.ndarray:  # what a pattern is, whatever its phase
+        power = np.abs(np.fft.fft2(marking - marking.mean()))
+        return power.ravel() / np.linalg.norm(power)
+
+    maps = {shape: synthetic.shape_marking(shape, 64, (32.0, 32.0), angle=0.0).astype(np.float32) for shape in synthetic.SHAPES}
+    spectra = {shape: spectrum(m) for shape, m in maps.items()}
+    for shape in synthetic.SHAPES:
+        assert 0.15 < maps[shape].mean() < 0.7, shape  # lines and paint both present
+        # the random horizontal flip of training turns no class's marking into another's
+        flipped = spectrum(maps[shape][:, ::-1])
+        own = flipped @ spectra[shape]
+        others = max(flipped @ spectra[other] for other in synthetic.SHAPES if other != shape)
+        assert own > 0.8 and others < 0.6, (shape, own, others)  # ring: a flip turns its spokes by 30 degrees
+
+
 def test_a_world_is_reproducible_and_differs_from_another():
     world = synthetic.SceneConfig(max_shapes=2, max_rotation=0, min_area=0.08)
     a = list(synthetic.scenes(4, seed=6, image_size=48, world=world))

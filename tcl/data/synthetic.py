@@ -69,6 +69,7 @@ class SceneConfig:
     min_colour_distance: float = 120.0  # a shape's colour is redrawn among those at least this far (RGB) from the ground under it
     shape_shading: float = 0.25  # brightness change across a shape
     shape_grain: float = 6.0  # per-pixel noise (std, 0..255) in a shape's paint
+    shape_markings: float = 0.5  # strength of each shape class's own surface pattern (MARKINGS); 0: plain paint
     sensor_noise: float = 6.0  # image noise std drawn in [sensor_noise / 3, sensor_noise]
     blur: float = 0.8  # Gaussian blur radius drawn in [0.3, blur] on half the images; 0: never
     colour_mention: float = 0.6  # captions: chance that a shape is named with its colour ("a red star")
@@ -230,6 +231,40 @@ def shape_mask(shape: str, size: int, center: tuple[float, float], radius: float
     raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
 
 
+MARKINGS = {  # each shape class's surface pattern, drawn in the shape's own frame (flip-symmetric, unlike diagonals)
+    "circle": "concentric rings", "square": "checkerboard", "triangle": "horizontal stripes", "star": "dots",
+    "heart": "diagonal cross-hatch", "cross": "vertical stripes", "ring": "radial spokes", "crescent": "wavy stripes",
+}
+
+
+def shape_marking(shape: str, size: int, center: tuple[float, float], angle: float) -> np.ndarray:
+    """Boolean [size, size] map of where the shape class's marking lines fall (MARKINGS), in the
+    shape's rotated frame, with a period of size / 12 pixels (5 px at 64)."""
+    cos, sin = np.cos(angle), np.sin(angle)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    period = size / 12
+    a = ((x - center[0]) * cos + (y - center[1]) * sin) / period  # in periods
+    b = (-(x - center[0]) * sin + (y - center[1]) * cos) / period
+    wave = lambda t: np.sin(2 * np.pi * t)  # noqa: E731
+    if shape == "circle":
+        return wave(np.hypot(a, b)) > 0.3
+    if shape == "square":
+        return wave(a) * wave(b) > 0
+    if shape == "triangle":
+        return wave(b) > 0.3
+    if shape == "star":
+        return np.cos(2 * np.pi * a) + np.cos(2 * np.pi * b) > 1.0
+    if shape == "heart":
+        return (np.abs(np.sin(np.pi * (a + b) / 2)) < 0.3) | (np.abs(np.sin(np.pi * (a - b) / 2)) < 0.3)
+    if shape == "cross":
+        return wave(a) > 0.3
+    if shape == "ring":
+        return np.sin(6 * np.arctan2(b, a)) > 0.3
+    if shape == "crescent":
+        return wave(b + 0.4 * np.sin(2 * np.pi * a / 1.5)) > 0.3
+    raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
+
+
 _FILL = {  # area of each shape at unit circumradius (pixels per radius^2, measured), to size shapes by area
     "circle": np.pi, "ring": np.pi * (1 - 0.55 ** 2), "crescent": 1.5, "heart": 2.78, "square": 2.0,
     "triangle": 1.3, "star": 1.22, "cross": 2.04,
@@ -326,7 +361,8 @@ def make_scene(rng: np.random.Generator, size: int = 64, world: SceneConfig = Sc
         area = np.exp(rng.uniform(np.log(world.min_area), np.log(world.max_area)))
         radius = np.sqrt(area * size * size / _FILL[shape])
         center = tuple(rng.uniform(0.15 * size, 0.85 * size, 2))
-        mask = shape_mask(shape, size, center, radius, angle=rng.uniform(-max_rotation, max_rotation))
+        angle = rng.uniform(-max_rotation, max_rotation)
+        mask = shape_mask(shape, size, center, radius, angle=angle)
         colours = list(COLOURS)
         if world.min_colour_distance > 0 and mask.any():  # no green shape lost on the grass
             ground = canvas[mask].mean(axis=0)
@@ -337,6 +373,10 @@ def make_scene(rng: np.random.Generator, size: int = 64, world: SceneConfig = Sc
         # the shape's colour, with shading across it and a little per-pixel variation
         shading = 1 + world.shape_shading * ((x - center[0] / size) * np.cos(rng.uniform(0, 2 * np.pi)) + (y - center[1] / size))
         paint = np.asarray(COLOURS[colour], np.float32) * shading[..., None] + rng.normal(0, world.shape_grain, (size, size, 3))
+        if world.shape_markings > 0:  # the class's pattern: lines toward dark grey on light paint, light grey on dark
+            lines = shape_marking(shape, size, center, angle)[..., None]
+            target = 40.0 if np.mean(COLOURS[colour]) > 110 else 215.0
+            paint = np.where(lines, paint + world.shape_markings * (target - paint), paint)
         canvas = np.where(mask[..., None], paint, canvas)
         drawn.append((shape, colour))
         shape_map[mask] = len(drawn)  # provisional: index into `drawn`, replaced below
