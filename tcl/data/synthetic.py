@@ -1,9 +1,10 @@
 """The synthetic world: the project's offline data set, where the ground truth is known.
 
 No weights or data sets can be downloaded here, so the project draws its own: scenes of one to
-three textured "stuff" regions (sky, grass, water, sand, brick, wood) with one or more coloured
-shapes on top (SceneConfig.max_shapes: 2 in the main job, up to 4), captioned like web alt-text ("a red star on the grass", "two rings and a heart",
-"brick wall"). Captions name the salient object or two, never everything, so grounding the words
+three textured "stuff" regions (sky, grass, water, sand, brick, wood) with one or more shapes on
+top (SceneConfig.max_shapes: 2 in the main job, up to 4), each in a random colour with its class's
+own surface pattern (stars dotted, squares checked, ...), captioned like web alt-text ("a red
+star on the grass", "two rings and a heart", "brick wall"). Captions name the salient object or two, never everything, so grounding the words
 in the pixels is a real problem, as it is for web image-text pairs.
 
 Everything is drawn from a seeded numpy Generator: the same seed gives the same images, captions
@@ -25,9 +26,20 @@ colour and stuff first, and shape is learnt last. A contrastive head against a t
 class embeddings learns the shapes (61% at 400 steps), and so does the real text tower on plain
 "a star" captions (50%), but not once colour, ground or ground-only captions are in them (12-16%):
 hence the caption knobs, and the tiny CLIP's first stage on shape-only captions (jobs/pipeline.py
-OBJECT_CAPTIONS), which takes it to about 50% in the main job. The defaults ease the world as far as it stays
-a real problem (two shapes, 10-40% of the image, at most 10 degrees of tilt, dull low-contrast
-stuff, no shape in the colour of its ground); the README gives the main job's figures with them.
+OBJECT_CAPTIONS), which took it to about 50% in the main job.
+
+Markings. Plain-painted shapes differ only in their outline, which a patch of a tiny ViT does not
+see: a class-balanced linear probe on the frozen tiny CLIP's patch features segments
+shapes-things at 13-14 mIoU, and TCL on it gained 2 points over its baseline. Real object classes
+have class-specific local appearance (fur, wheels, leaves), which is what CLIP's dense features
+and TCL's masks pick up. So each shape class has its own surface pattern in its paint (MARKINGS,
+strength `shape_markings`), colour still random: the tiny CLIP's zero-shot accuracy rose from 62%
+to 91% (same two stages in one process), the linear probe to 23 mIoU, and TCL's gain on
+shapes-things from 2 to over 30 points (README).
+
+The defaults ease the world as far as it stays a real problem (two shapes, 10-40% of the image,
+at most 10 degrees of tilt, dull low-contrast stuff, no shape in the colour of its ground,
+marked shapes); the README gives the main job's figures with them.
 
     python -m tcl.data.synthetic --preview preview.png          # a grid of scenes with captions
     python -m tcl.data.synthetic --eval-set shapes-things --output data/shapes-things --count 200
