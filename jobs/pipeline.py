@@ -15,8 +15,9 @@ the tiny CLIP's zero-shot test; it is recorded in <output>/world.json.
 The tiny CLIP learns in two stages, a curriculum: first on captions that name only the shapes,
 plainly ("a star", "two rings and a heart"; shards-objects/, the same world with OBJECT_CAPTIONS),
 then on the web-like captions TCL trains on (shards/). Trained on the web-like captions alone,
-colour and ground explain the captions first and the tiny CLIP never learns the shapes in its
-budget (zero-shot at chance; see the README).
+colour and ground explained the captions first and the tiny CLIP never learnt plain-painted
+shapes in its budget (zero-shot at chance; see the README); with the two stages and the shapes'
+class patterns it names them zero-shot about 90% of the time.
 
 Each stage leaves its result in the output folder and is skipped on a rerun when that result is
 there (shards, evaluation sets, the two training runs: Ray Train resumes an unfinished run from
