@@ -27,17 +27,15 @@ def test_trained_checkpoint_beats_the_baseline_mode(tmp_path):
         baseline = evaluate_job.main([*common, "--baseline", "--output", str(tmp_path / "baseline")])
     finally:
         ray.shutdown()
-    assert summary["clip_zero_shot_accuracy"] > 0.3  # the two-stage tiny CLIP names shapes (chance 0.125; measured 0.507)
+    # the two-stage tiny CLIP names the largest shape (chance 0.125; measured 0.79 and 0.945 in two runs)
+    assert summary["clip_zero_shot_accuracy"] > 0.6
     scores = {os.path.basename(d): (tcl[d]["miou"], baseline[d]["miou"]) for d in tcl}
     print("mIoU TCL, baseline:", scores)
-    # Above the baseline over the two sets, and by far on shapes-stuff: TCL grounds what the tiny
-    # CLIP knows (stuff, colours) much better than its frozen dense features do. On shapes-things
-    # the tiny CLIP knows the shapes only half the time (README, known gap): measured 9.0 -> 11.1 in
-    # one run, so TCL is only held to staying within 1.5 points there.
-    average = {m: (scores["shapes-things"][i] + scores["shapes-stuff"][i]) / 2 for i, m in enumerate(("tcl", "baseline"))}
-    assert average["tcl"] > average["baseline"] + 0.03, scores
-    assert scores["shapes-stuff"][0] > scores["shapes-stuff"][1] + 0.05, scores
-    assert scores["shapes-things"][0] > scores["shapes-things"][1] - 0.015, scores
+    # TCL grounds what its frozen dense features alone do not: measured +33.1 / +35.8 points on
+    # shapes-things and +16.3 / +16.6 on shapes-stuff in two runs (README); held to well above the
+    # baseline, with room for run-to-run variation.
+    assert scores["shapes-things"][0] > scores["shapes-things"][1] + 0.20, scores
+    assert scores["shapes-stuff"][0] > scores["shapes-stuff"][1] + 0.08, scores
     # the job's numbers are the pipeline's own in-process evaluation, to the digit
     for method, rows in (("TCL", tcl), ("baseline (frozen CLIP, KP only)", baseline)):
         for dataset, row in rows.items():
