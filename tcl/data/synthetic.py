@@ -4,8 +4,9 @@ No weights or data sets can be downloaded here, so the project draws its own: sc
 three textured "stuff" regions (sky, grass, water, sand, brick, wood) with one or more shapes on
 top (SceneConfig.max_shapes: 2 in the main job, up to 4), each in a random colour with its class's
 own surface pattern (stars dotted, squares checked, ...), captioned like web alt-text ("a red
-star on the grass", "two rings and a heart", "brick wall"). Captions name the salient object or two, never everything, so grounding the words
-in the pixels is a real problem, as it is for web image-text pairs.
+star on the grass", "two rings and a heart", "brick wall"). Captions name the salient object or
+two, never everything, so grounding the words in the pixels is a real problem, as it is for web
+image-text pairs.
 
 Everything is drawn from a seeded numpy Generator: the same seed gives the same images, captions
 and label maps on every machine.
@@ -243,7 +244,7 @@ def shape_mask(shape: str, size: int, center: tuple[float, float], radius: float
     raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
 
 
-MARKINGS = {  # each shape class's surface pattern, drawn in the shape's own frame (flip-symmetric, unlike diagonals)
+MARKINGS = {  # each shape class's surface pattern, in the shape's own frame; a horizontal flip (training) keeps each one
     "circle": "concentric rings", "square": "checkerboard", "triangle": "horizontal stripes", "star": "dots",
     "heart": "diagonal cross-hatch", "cross": "vertical stripes", "ring": "radial spokes", "crescent": "wavy stripes",
 }
@@ -257,7 +258,10 @@ def shape_marking(shape: str, size: int, center: tuple[float, float], angle: flo
     period = size / 12
     a = ((x - center[0]) * cos + (y - center[1]) * sin) / period  # in periods
     b = (-(x - center[0]) * sin + (y - center[1]) * cos) / period
-    wave = lambda t: np.sin(2 * np.pi * t)  # noqa: E731
+
+    def wave(t: np.ndarray) -> np.ndarray:
+        return np.sin(2 * np.pi * t)
+
     if shape == "circle":
         return wave(np.hypot(a, b)) > 0.3
     if shape == "square":
