@@ -198,14 +198,21 @@ def _polygon(points: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(canvas, bool)
 
 
+def _shape_frame(size: int, center: tuple[float, float], angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """Every pixel centre's offset from `center` in pixels, along the shape's axes rotated by
+    `angle` rad (image y down). Two [size, size] arrays."""
+    cos, sin = np.cos(angle), np.sin(angle)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    dx, dy = x - center[0], y - center[1]
+    return dx * cos + dy * sin, -dx * sin + dy * cos
+
+
 def shape_mask(shape: str, size: int, center: tuple[float, float], radius: float, angle: float) -> np.ndarray:
     """Boolean [size, size] mask of a shape of circumradius `radius` pixels, rotated by `angle` rad."""
     cx, cy = center
     cos, sin = np.cos(angle), np.sin(angle)
-    y, x = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
-    # shape coordinates: unit radius, y up, rotated
-    u = ((x - cx) * cos + (y - cy) * sin) / radius
-    v = (-(x - cx) * sin + (y - cy) * cos) / -radius
+    along, across = _shape_frame(size, center, angle)
+    u, v = along / radius, across / -radius  # shape coordinates: unit radius, y up, rotated
 
     def polygon(unit_points: list[tuple[float, float]]) -> np.ndarray:
         p = np.asarray(unit_points, np.float32) * radius
@@ -253,11 +260,9 @@ MARKINGS = {  # each shape class's surface pattern, in the shape's own frame; a 
 def shape_marking(shape: str, size: int, center: tuple[float, float], angle: float) -> np.ndarray:
     """Boolean [size, size] map of where the shape class's marking lines fall (MARKINGS), in the
     shape's rotated frame, with a period of size / 12 pixels (5 px at 64)."""
-    cos, sin = np.cos(angle), np.sin(angle)
-    y, x = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     period = size / 12
-    a = ((x - center[0]) * cos + (y - center[1]) * sin) / period  # in periods
-    b = (-(x - center[0]) * sin + (y - center[1]) * cos) / period
+    along, across = _shape_frame(size, center, angle)
+    a, b = along / period, across / period  # in periods
 
     def wave(t: np.ndarray) -> np.ndarray:
         return np.sin(2 * np.pi * t)
