@@ -31,11 +31,10 @@ def test_trained_checkpoint_beats_the_baseline_mode(tmp_path):
     assert summary["clip_zero_shot_accuracy"] > 0.6
     scores = {os.path.basename(d): (tcl[d]["miou"], baseline[d]["miou"]) for d in tcl}
     print("mIoU TCL, baseline:", scores)
-    # TCL grounds what its frozen dense features alone do not: measured +24.5 to +35.8 points on
-    # shapes-things and +12.9 to +16.6 on shapes-stuff in three runs (README); held to well above
-    # the baseline, with room for run-to-run variation.
-    assert scores["shapes-things"][0] > scores["shapes-things"][1] + 0.20, scores
-    assert scores["shapes-stuff"][0] > scores["shapes-stuff"][1] + 0.08, scores
+    # TCL grounds what its frozen dense features alone do not: the quality target, +15
+    # points on both sets (measured +41.6 / +19.9 with TCL at 2e-3, README).
+    assert scores["shapes-things"][0] > scores["shapes-things"][1] + 0.15, scores
+    assert scores["shapes-stuff"][0] > scores["shapes-stuff"][1] + 0.15, scores
     # the job's numbers are the pipeline's own in-process evaluation, to the digit
     for method, rows in (("TCL", tcl), ("baseline (frozen CLIP, KP only)", baseline)):
         for dataset, row in rows.items():
