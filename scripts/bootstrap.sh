@@ -8,6 +8,9 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 if ! .venv/bin/python -c "import tcl, ray, open_clip, moto, pytest, multipart, selenium" 2>/dev/null; then
+  # No wheel cache: torch and its CUDA libraries are ~6 GB installed, and a cached copy of their
+  # wheels would take several GB more on a machine that installs them once.
+  export PIP_NO_CACHE_DIR=1
   .venv/bin/pip install -q --upgrade pip
   # torch first and pinned exactly: torchvision only works with this torch build.
   .venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1
