@@ -1,7 +1,7 @@
 """Samples/s per CPU of the training data pipeline on Ray Data against a bare single-process loop.
 
 (a) Ray Data: exactly the pipeline jobs/train.py trains on (`train_dataset`: read_shards ->
-    map_batches(ImageTextTransform): decode, random resized crop, normalise, tokenize),
+    map_batches(ImageTextTransform): decode, random resized crop, tokenize),
     consumed with iter_batches, on a local Ray instance with --num-cpus logical CPUs.
 (b) bare loop: one process reads the same Parquet files with pyarrow and applies the same
     ImageTextTransform to batches of the same size.
@@ -13,10 +13,14 @@ Ray, not this pipeline), and so is the figure per *logical* CPU (wall samples/s 
 which also charges the time a CPU slot sat idle. (b) is charged its own CPU time the same way
 (its wall and CPU time agree, one thread doing the work). Target: (a) per CPU >= 0.8 x (b).
 
-Shards are made first in a temporary folder: the synthetic world (tcl.data.synthetic) when it
-is importable, else random-noise PNGs with short captions.
+Shards are made first in a temporary folder, of synthetic-world scenes stored the way TCL's
+training data is: JPEG (quality 95) photos of 512 px on the shorter side, which is what
+img2dataset writes with the `--image_size 512 --resize_mode keep_ratio` that TCL's CC3M/CC12M
+preparation uses (683x512 for a 4:3 photo). How the ratio depends on the work per image is
+shown by the smaller-image setting, which is what the offline synthetic world is closer to:
 
-    python bench/data_pipeline.py                                  # 1024 images of 224 px, 2 CPUs
+    python bench/data_pipeline.py                                  # 1024 JPEGs of 683x512 -> 224 crops, 2 CPUs
+    python bench/data_pipeline.py --format png --stored-size 224   # 224 px PNGs: less work per image
     python bench/data_pipeline.py --count 4096 --num-cpus 8 --batch-size 128
 """
 from __future__ import annotations
@@ -26,7 +30,6 @@ import os
 import sys
 import tempfile
 import time
-from typing import Iterator
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jobs"))
@@ -46,28 +49,30 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 # ------------------------------------------------------------------ shards
 
-def image_caption_pairs(count: int, image_size: int, seed: int = 0) -> tuple[str, Iterator[tuple[Image.Image, str]]]:
+def parse_size(text: str) -> tuple[int, int]:
+    """"683x512" -> (683, 512); "224" -> (224, 224)."""
     try:
-        from tcl.data.synthetic import caption_pairs
-    except ImportError:
-        pass
-    else:
-        return "synthetic world", caption_pairs(count=count, seed=seed, image_size=image_size)
-
-    def random_pairs() -> Iterator[tuple[Image.Image, str]]:
-        rng = np.random.default_rng(seed)
-        colors, things = ["red", "green", "blue", "yellow"], ["square", "circle", "car", "tree", "dog"]
-        for i in range(count):
-            pixels = rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8)
-            yield Image.fromarray(pixels), f"a photo of a {colors[i % 4]} {things[i % 5]}"
-    return "random PNG", random_pairs()
+        width, _, height = text.lower().partition("x")
+        size = (int(width), int(height or width))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT or SIZE, got {text!r}") from None
+    if min(size) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return size
 
 
-def make_shards(folder: str, count: int, image_size: int, rows_per_shard: int) -> str:
-    source, pairs = image_caption_pairs(count, image_size)
-    rows = ((shards.encode_image(image, "PNG"), caption) for image, caption in pairs)
+def make_shards(folder: str, count: int, size: tuple[int, int], fmt: str, distinct: int, rows_per_shard: int) -> None:
+    """``count`` rows of synthetic-world scenes stored at ``size`` in ``fmt`` (JPEG at quality 95,
+    img2dataset's default). Only ``distinct`` scenes are rendered (a scene at 512 px takes ~0.15 s)
+    and then repeated: decoding and cropping cost the same whether or not an image repeats."""
+    from tcl.data.synthetic import caption_pairs
+
+    encoded = [
+        (shards.encode_image(image.resize(size, Image.Resampling.BILINEAR), fmt), caption)
+        for image, caption in caption_pairs(count=min(distinct, count), seed=0, image_size=min(size))
+    ]
+    rows = (encoded[i % len(encoded)] for i in range(count))
     shards.write_shards(rows, folder, rows_per_shard=rows_per_shard, row_group_size=rows_per_shard)
-    return source
 
 
 # ------------------------------------------------------------------ CPU accounting via /proc
@@ -84,34 +89,43 @@ def _stat(pid: int) -> tuple[int, int, str] | None:
         return None
 
 
-def ray_cpu_seconds() -> dict[str, float]:
-    """CPU seconds so far of this process ("driver"), Ray worker processes ("workers") and Ray's
-    own daemons ("system": raylet, GCS, agents), found as descendants of this driver, which
-    started the local Ray instance."""
+def ray_cpu_seconds() -> dict[int, tuple[str, float]]:
+    """{pid: (kind, CPU seconds so far)} of this process ("driver"), the Ray worker processes
+    ("workers") and Ray's own daemons ("system": raylet, GCS, agents), found as descendants of this
+    driver, which started the local Ray instance."""
     stats = {int(e): s for e in os.listdir("/proc") if e.isdigit() and (s := _stat(int(e))) is not None}
     children: dict[int, list[int]] = {}
     for pid, (parent, _, _) in stats.items():
         children.setdefault(parent, []).append(pid)
     me = os.getpid()
-    totals = {"driver": stats[me][1] / CLOCK_TICKS, "workers": 0.0, "system": 0.0}
+    found = {me: ("driver", stats[me][1] / CLOCK_TICKS)}
     frontier = list(children.get(me, []))
     while frontier:
         pid = frontier.pop()
         _, ticks, cmdline = stats[pid]
         is_worker = cmdline.startswith("ray::") and "Agent" not in cmdline  # setproctitle: ray::IDLE, ray::MapBatches...
-        totals["workers" if is_worker else "system"] += ticks / CLOCK_TICKS
+        found[pid] = ("workers" if is_worker else "system", ticks / CLOCK_TICKS)
         frontier.extend(children.get(pid, []))
-    return totals
+    return found
 
 
 # ------------------------------------------------------------------ the two pipelines
 
 def ray_pass(dataset, batch_size: int) -> tuple[int, float, dict[str, float]]:
-    """(samples, wall seconds, CPU seconds by kind) of one full pass over the Ray Dataset."""
+    """(samples, wall seconds, CPU seconds by kind) of one full pass over the Ray Dataset.
+
+    Counted per process: what a process spent during the pass (all of it when it started during
+    the pass). A process that exited during the pass takes its share with it: that is reported,
+    as the pass's figure is then too low."""
     before, start = ray_cpu_seconds(), time.perf_counter()
     samples = sum(len(batch["text"]) for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"))
     wall, after = time.perf_counter() - start, ray_cpu_seconds()
-    return samples, wall, {k: after[k] - before[k] for k in after}
+    spent = {"driver": 0.0, "workers": 0.0, "system": 0.0}
+    for pid, (kind, seconds) in after.items():
+        spent[kind] += seconds - before.get(pid, (kind, 0.0))[1]
+    if exited := sorted(pid for pid in before if pid not in after):
+        print(f"warning: Ray processes {exited} exited during a timed pass; their CPU time in it is not counted", flush=True)
+    return samples, wall, spent
 
 
 def bare_pass(files: list[str], columns: tuple[str, str], transform, batch_size: int) -> tuple[int, float, float]:
@@ -133,8 +147,13 @@ def median(values: list[float]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=1024, help="images in the shards (default: %(default)s)")
-    parser.add_argument("--image-size", type=int, default=224,
-                        help="stored image size and training crop size (default: %(default)s)")
+    parser.add_argument("--stored-size", type=parse_size, default=(683, 512), metavar="WxH",
+                        help="size of the stored images (default: 683x512, a 4:3 photo as img2dataset's "
+                             "--image_size 512 --resize_mode keep_ratio stores CC3M/CC12M for TCL)")
+    parser.add_argument("--format", choices=("JPEG", "PNG"), type=str.upper, default="JPEG",
+                        help="stored image format (default: %(default)s, quality 95)")
+    parser.add_argument("--distinct", type=int, default=64, help="distinct scenes rendered, then repeated (default: %(default)s)")
+    parser.add_argument("--image-size", type=int, default=224, help="training crop size (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=64,
                         help="optim.batch_size with one worker: the map_batches batch size (default: %(default)s)")
     parser.add_argument("--num-cpus", type=int, default=2, help="logical CPUs of the local Ray instance (default: %(default)s)")
@@ -147,10 +166,11 @@ def main() -> None:
     os.environ.pop("RAY_ADDRESS", None)  # CPU accounting needs the local instance this driver starts
     with tempfile.TemporaryDirectory(prefix="tcl-bench-shards-") as folder:
         start = time.perf_counter()
-        source = make_shards(folder, args.count, args.image_size, args.rows_per_shard)
+        make_shards(folder, args.count, args.stored_size, args.format, args.distinct, args.rows_per_shard)
         files = shards.find_shard_files(folder)
-        print(f"shards: {args.count} {source} images of {args.image_size} px in {len(files)} files "
-              f"({time.perf_counter() - start:.1f} s to make)", flush=True)
+        stored = "x".join(map(str, args.stored_size))
+        print(f"shards: {args.count} synthetic-world {args.format} images of {stored} px ({args.distinct} distinct) "
+              f"in {len(files)} files ({time.perf_counter() - start:.1f} s to make)", flush=True)
 
         cfg = config_lib.load(TrainConfig, None, [
             f"data.shards={folder}", f"data.image_size={args.image_size}", f"optim.batch_size={args.batch_size}",
@@ -191,7 +211,7 @@ def main() -> None:
         ("(a) ... per logical CPU", ray_rate, float(args.num_cpus), ray_rate / args.num_cpus),
         ("(b) bare loop, 1 process", bare_rate, bare_cpu / bare_wall, bare_rate / (bare_cpu / bare_wall)),
     ]
-    print(f"\n{args.count} images {args.image_size} px -> crops {cfg.data.image_size} px, batch {map_batch_size}, "
+    print(f"\n{args.count} {args.format} images {stored} px -> crops {cfg.data.image_size} px, batch {map_batch_size}, "
           f"Ray num_cpus={args.num_cpus}, {os.cpu_count()} cores on the machine, median of {args.repeats} passes")
     print(f"{'':30s} {'samples/s':>10s} {'CPUs':>6s} {'samples/s/CPU':>14s}")
     for name, rate, cpus, per_cpu in rows:
