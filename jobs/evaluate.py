@@ -27,6 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+from jobs.common import add_segmenter_arguments, segmenter_overrides  # noqa: E402
+
 TABLE_ORDER = ("voc", "context", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k")
 
 
@@ -45,9 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds to wait for all actors to start, e.g. for GPU nodes to come up (default: %(default)s)")
     p.add_argument("--resources-per-actor", type=json.loads, default={},
                    help='extra Ray resources per actor, JSON, e.g. \'{"node_slot": 1}\' to place one per node')
-    p.add_argument("--short-side", type=int, default=None, help="protocol override (default 448)")
-    p.add_argument("--window", type=int, default=None, help="protocol override (default 448)")
-    p.add_argument("--stride", type=int, default=None, help="protocol override (default 224)")
+    add_segmenter_arguments(p)
     p.add_argument("--ray-address", default=None)
     p.add_argument("--num-cpus", type=int, default=None, help="logical CPUs for a local Ray instance")
     return p.parse_args(argv)
@@ -57,10 +57,6 @@ def dataset_names(spec: str) -> list[str]:
     if spec == "all":
         return list(TABLE_ORDER)
     return [name.strip() for name in spec.split(",") if name.strip()]
-
-
-def segmenter_overrides(args: argparse.Namespace) -> dict:
-    return {k: v for k, v in (("short_side", args.short_side), ("window", args.window), ("stride", args.stride)) if v}
 
 
 class ConfusionActor:

@@ -34,6 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+from jobs.common import add_segmenter_arguments, segmenter_overrides  # noqa: E402
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
@@ -47,9 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--background-threshold", default="0.4", help="score below which a pixel is background; 'none': every pixel gets a text")
     p.add_argument("--no-pamr", action="store_true", help="skip PAMR refinement (use threshold 0.5 for the protocol's setting)")
     p.add_argument("--overlays", action="store_true", help="also write an overlay PNG with legend per image")
-    p.add_argument("--short-side", type=int, default=None, help="Segmenter override (default 448)")
-    p.add_argument("--window", type=int, default=None, help="Segmenter override (default 448)")
-    p.add_argument("--stride", type=int, default=None, help="Segmenter override (default 224)")
+    add_segmenter_arguments(p)
     p.add_argument("--actors", type=int, default=None, help="Segmenter actors (default: one per GPU, else 2 on CPU)")
     p.add_argument("--resources-per-actor", type=json.loads, default={},
                    help='extra Ray resources per actor, JSON, e.g. \'{"node_slot": 1}\' to place one per node')
@@ -273,7 +273,6 @@ def main(argv: list[str] | None = None) -> dict:
     from jobs.train import init_ray
 
     from tcl import storage
-    from jobs.evaluate import segmenter_overrides
     from tcl.checkpoint import checkpoint_for_workers
     from tcl.segment import validate_texts
 

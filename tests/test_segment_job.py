@@ -141,3 +141,21 @@ def test_s3_input_and_output(ray_cluster, checkpoint, s3_server):
     label = storage.read_bytes(storage.join(output, "labels", segment_job.output_name("p2.png") + ".png"))
     with Image.open(io.BytesIO(label)) as label_map:
         assert np.array_equal(np.asarray(label_map), expected.labels)
+
+
+def test_segmenter_flags_name_the_protocol_defaults_and_override_only_what_is_given():
+    import argparse
+    import dataclasses
+    import re
+
+    from jobs.common import add_segmenter_arguments, segmenter_overrides
+    from tcl.segment import SegmenterConfig
+
+    parser = argparse.ArgumentParser()
+    add_segmenter_arguments(parser)
+    helps = {a.dest: a.help for a in parser._actions if a.dest in ("short_side", "window", "stride")}
+    defaults = dataclasses.asdict(SegmenterConfig())
+    assert {dest: int(re.search(r"default: (\d+)", text).group(1)) for dest, text in helps.items()} == \
+        {dest: defaults[dest] for dest in helps}
+    assert segmenter_overrides(parser.parse_args([])) == {}
+    assert segmenter_overrides(parser.parse_args(["--window", "32", "--stride", "16"])) == {"window": 32, "stride": 16}
