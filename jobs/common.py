@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 
+FIELDS = ("short_side", "window", "stride")  # the SegmenterConfig fields the flags below set
+
 
 def add_segmenter_arguments(parser: argparse.ArgumentParser) -> None:
     """--short-side, --window, --stride: override the evaluation protocol's SegmenterConfig."""
@@ -15,5 +17,5 @@ def add_segmenter_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def segmenter_overrides(args: argparse.Namespace) -> dict:
-    """The SegmenterConfig fields that add_segmenter_arguments' flags set."""
-    return {k: v for k, v in (("short_side", args.short_side), ("window", args.window), ("stride", args.stride)) if v}
+    """{field: value} of the flags add_segmenter_arguments added that were given."""
+    return {field: getattr(args, field) for field in FIELDS if getattr(args, field)}

@@ -148,12 +148,13 @@ def test_segmenter_flags_name_the_protocol_defaults_and_override_only_what_is_gi
     import dataclasses
     import re
 
-    from jobs.common import add_segmenter_arguments, segmenter_overrides
+    from jobs.common import FIELDS, add_segmenter_arguments, segmenter_overrides
     from tcl.segment import SegmenterConfig
 
     parser = argparse.ArgumentParser()
     add_segmenter_arguments(parser)
-    helps = {a.dest: a.help for a in parser._actions if a.dest in ("short_side", "window", "stride")}
+    helps = {a.dest: a.help for a in parser._actions if a.dest in FIELDS}
+    assert set(helps) == set(FIELDS)
     defaults = dataclasses.asdict(SegmenterConfig())
     assert {dest: int(re.search(r"default: (\d+)", text).group(1)) for dest, text in helps.items()} == \
         {dest: defaults[dest] for dest in helps}
