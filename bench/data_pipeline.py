@@ -41,6 +41,7 @@ from PIL import Image  # noqa: E402
 import train as train_job  # noqa: E402  (jobs/train.py: the pipeline under test)
 from tcl import config as config_lib  # noqa: E402
 from tcl.clip import make_tokenizer  # noqa: E402
+from tcl import images  # noqa: E402
 from tcl.data import shards  # noqa: E402
 from tcl.training import TrainConfig  # noqa: E402
 
@@ -68,7 +69,7 @@ def make_shards(folder: str, count: int, size: tuple[int, int], fmt: str, distin
     from tcl.data.synthetic import caption_pairs
 
     encoded = [
-        (shards.encode_image(image.resize(size, Image.Resampling.BILINEAR), fmt), caption)
+        (images.encode_image(image.resize(size, Image.Resampling.BILINEAR), fmt), caption)
         for image, caption in caption_pairs(count=min(distinct, count), seed=0, image_size=min(size))
     ]
     rows = (encoded[i % len(encoded)] for i in range(count))

@@ -12,6 +12,8 @@ first call. Random weights are fine for timing.
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import os
 import sys
 import time
@@ -19,12 +21,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
-import open_clip  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from tcl.clip import CLIPConfig  # noqa: E402
+from tcl.clip import CLIPConfig, FrozenCLIP, create_open_clip, resolve  # noqa: E402
 from tcl.model import Grounder, GrounderConfig  # noqa: E402
 from tcl.segment import Segmenter, SegmenterConfig  # noqa: E402
 
@@ -59,6 +60,7 @@ def count_flops(fn) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="ViT-B-16")
+    parser.add_argument("--pretrained", default="openai", help="open_clip tag whose architecture is built (random weights)")
     parser.add_argument("--size", type=int, default=448)
     parser.add_argument("--texts", type=int, default=21)
     parser.add_argument("--batch", type=int, default=1, help="images per Segmenter call")
@@ -73,7 +75,9 @@ def main() -> None:
     torch.manual_seed(0)
     texts = (VOC_CLASSES * (args.texts // len(VOC_CLASSES) + 1))[:args.texts]
 
-    grounder = Grounder(GrounderConfig(clip=CLIPConfig(model_name=args.model, pretrained=None)))
+    # random weights in the architecture the pretrained tag was trained with (QuickGELU for openai)
+    clip_config = resolve(CLIPConfig(model_name=args.model, pretrained=args.pretrained))
+    grounder = Grounder(GrounderConfig(clip=clip_config), FrozenCLIP(clip_config, load_weights=False))
     config = SegmenterConfig(short_side=args.size, window=args.size, stride=args.size // 2,
                              windows_per_batch=max(args.batch, 1), precision=args.precision)
     segmenter = Segmenter(grounder, config, device=device)
@@ -89,7 +93,9 @@ def main() -> None:
     repeat_text_seconds = time.perf_counter() - start
     assert segmenter.text_embeddings.misses == misses, "a repeated class list was embedded again"
 
-    encoder = open_clip.create_model(args.model, pretrained=None, force_image_size=args.size).visual.to(device).eval()
+    native = copy.deepcopy(clip_config.model_cfg)
+    native["vision_cfg"]["image_size"] = args.size  # positional embeddings at the window size: no interpolation
+    encoder = create_open_clip(dataclasses.replace(clip_config, model_cfg=native), load_weights=False).visual.to(device).eval()
     windows = torch.randn(args.batch, 3, args.size, args.size, device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 

@@ -31,7 +31,7 @@ from PIL import Image  # noqa: E402
 from tcl.checkpoint import save_grounder  # noqa: E402
 from tcl.clip import CLIPConfig, tiny_model_cfg  # noqa: E402
 from tcl.data import synthetic  # noqa: E402
-from tcl.data.shards import encode_image  # noqa: E402
+from tcl.images import encode_image  # noqa: E402
 from tcl.model import Grounder, GrounderConfig  # noqa: E402
 from tcl.segment import Segmenter  # noqa: E402
 

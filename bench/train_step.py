@@ -40,8 +40,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from tcl.clip import CLIPConfig  # noqa: E402
-from tcl.model import TCL, GrounderConfig, TCLConfig  # noqa: E402
+from tcl.clip import CLIPConfig, FrozenCLIP, resolve  # noqa: E402
+from tcl.model import TCL, Grounder, GrounderConfig, TCLConfig  # noqa: E402
 from tcl.training import OptimConfig, param_groups  # noqa: E402
 
 PAPER_SAMPLES_PER_GPU = 50000 * 1024 / (12 * 3600) / 16  # 74.1: 12 h on 16 V100s
@@ -147,6 +147,7 @@ def part_seconds(timer: StepTimer) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="ViT-B-16", help="open_clip ViT name (random weights)")
+    parser.add_argument("--pretrained", default="openai", help="open_clip tag whose architecture is built (default: openai, QuickGELU)")
     parser.add_argument("--batch", type=int, default=None, help="images per step (default: 4 on CPU, 64 on GPU)")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=None,
@@ -165,8 +166,10 @@ def main() -> None:
     bf16 = args.bf16 if args.bf16 is not None else device.type == "cuda"
     torch.manual_seed(0)
 
-    config = TCLConfig(grounder=GrounderConfig(clip=CLIPConfig(model_name=args.model, pretrained=None)))
-    model = TCL(config).to(device)
+    # random weights in the architecture the pretrained tag was trained with (QuickGELU for openai)
+    clip_config = resolve(CLIPConfig(model_name=args.model, pretrained=args.pretrained))
+    config = TCLConfig(grounder=GrounderConfig(clip=clip_config))
+    model = TCL(config, Grounder(config.grounder, FrozenCLIP(clip_config, load_weights=False))).to(device)
     model.apply_schedule(config.unfreeze_block_step if args.unfrozen else 0)
     optim = OptimConfig()
     optimizer = torch.optim.AdamW(param_groups(model, optim.weight_decay), lr=1e-5, betas=optim.betas, eps=optim.eps)

@@ -78,7 +78,7 @@ class ConfusionActor:
         self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from tcl.data.shards import encode_image
+        from tcl.images import encode_image
         from tcl.evaluation import sample_confusion
 
         matrices, pngs = [], []

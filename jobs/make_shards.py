@@ -37,6 +37,7 @@ if __package__ in (None, ""):
 import pyarrow.parquet as pq  # noqa: E402
 
 from tcl import storage  # noqa: E402
+from tcl import images  # noqa: E402
 from tcl.data import shards  # noqa: E402
 
 EXAMPLES = """\
@@ -181,7 +182,7 @@ def iter_synthetic(count: int, seed: int, image_size: int, world: list[str] | No
 
     pairs = caption_pairs(count=count, seed=seed, image_size=image_size, world=scene_config(world or []))
     for i, (image, caption) in enumerate(pairs):
-        yield shards.encode_image(image, "PNG"), caption, f"{seed:04d}{i:09d}"
+        yield images.encode_image(image, "PNG"), caption, f"{seed:04d}{i:09d}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -265,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     with writer:
         for data, caption, key in open_source(args, skipped):
             if args.verify:
-                _, reason = shards.decode_image_with_reason(data)
+                _, reason = images.decode_image_with_reason(data)
                 if reason is not None:
                     skipped[f"undecodable image ({shards.reason_category(reason)})"] += 1
                     continue

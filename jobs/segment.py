@@ -116,7 +116,7 @@ def _relative(file: str, root: str) -> str:
 def read_images(batch: dict[str, np.ndarray], image_column: str | None, s3: dict, max_pixels: int) -> dict[str, np.ndarray]:
     """CPU task: source -> decoded uint8 [H, W, 3] image, or an empty one and the reason it failed."""
     from tcl import storage
-    from tcl.data.shards import decode_image_with_reason
+    from tcl.images import decode_image_with_reason
 
     tables: dict[str, list] = {}
     images, errors = [], []
@@ -160,7 +160,7 @@ class SegmentActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from tcl import storage
-        from tcl.data.shards import encode_image
+        from tcl.images import encode_image
         from tcl.encoding import pixel_fractions
         from tcl.visualize import label_png, overlay_with_legend
 

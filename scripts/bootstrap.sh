@@ -7,7 +7,7 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c "import tcl, ray, open_clip, moto, pytest, multipart, selenium" 2>/dev/null; then
+if ! .venv/bin/python -c "import tcl, ray, open_clip, moto, pytest, multipart, selenium, cv2" 2>/dev/null; then
   # No wheel cache: torch and its CUDA libraries are ~6 GB installed, and a cached copy of their
   # wheels would take several GB more on a machine that installs them once.
   export PIP_NO_CACHE_DIR=1

@@ -109,7 +109,7 @@ def parse_threshold(value: Any, pamr: bool) -> float | None:
 
 
 def decode_upload(data: bytes, limits: Limits):
-    from tcl.data.shards import decode_image_with_reason
+    from tcl.images import decode_image_with_reason
 
     image, reason = decode_image_with_reason(data, max_pixels=limits.max_pixels)
     if image is None:
@@ -174,7 +174,7 @@ async def read_request(request: Request, limits: Limits) -> SegmentRequest:
 
 def render(result, request: SegmentRequest) -> Response:
     """The answer in the requested format: label-map PNG, overlay PNG with legend, or JSON."""
-    from tcl.data.shards import encode_image
+    from tcl.images import encode_image
     from tcl.encoding import pixel_fractions, run_length_encode
     from tcl.visualize import label_png, overlay_with_legend, palette
 

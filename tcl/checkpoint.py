@@ -23,13 +23,14 @@ import pickle
 import re
 import tempfile
 import types
+import zipfile
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from tcl import config as config_lib
 from tcl import storage
-from tcl.clip import CLIPConfig, FrozenCLIP, pretrained_is_file
+from tcl.clip import CLIPConfig, FrozenCLIP, pretrained_is_file, resolve
 from tcl.model import Grounder, GrounderConfig
 
 CONFIG_FILE = "config.json"
@@ -118,40 +119,55 @@ def load_grounder(path: str, device: str | torch.device = "cpu", **s3_options) -
 # --------------------------------------------------------------------------------------------------
 # the official checkpoint
 
-# Official key (regex on kakaobrain/tcl's TCL.state_dict()) -> ours. Its Masker holds the copied
-# last CLIP block (`backbone.transformer.resblocks.0`, run with self-only attention), the grounding
-# decoder (`net.i` = our upsample stage i; its `conv`/`conv2` = our block1/block2, each with a
-# pre-activation LayerNorm2d -> GELU -> conv and a tanh gate), CLIP's ln_post and proj applied
-# after the decoder (`image_proj`), and Eq. 5's w and b (`sim2mask`). Same structure as ours.
-_OFFICIAL_KEYS = [
-    (r"masker\.image_encoder\.backbone\.transformer\.resblocks\.0\.(.+)", r"self_only_block.\1"),
-    (r"masker\.image_encoder\.decoder\.decoder\.net\.(\d+)\.conv\.gate\.gate", r"grounding_decoder.\1.block1.gate"),
-    (r"masker\.image_encoder\.decoder\.decoder\.net\.(\d+)\.conv2\.gate\.gate", r"grounding_decoder.\1.block2.gate"),
-    (r"masker\.image_encoder\.decoder\.decoder\.net\.(\d+)\.conv\.(norm|conv)\.(weight|bias)", r"grounding_decoder.\1.block1.\2.\3"),
-    (r"masker\.image_encoder\.decoder\.decoder\.net\.(\d+)\.conv2\.(norm|conv)\.(weight|bias)", r"grounding_decoder.\1.block2.\2.\3"),
-    (r"masker\.image_encoder\.decoder\.image_proj\.ln\.(weight|bias)", r"ln_post.\1"),
-    (r"masker\.image_encoder\.decoder\.image_proj\.proj", "proj"),
-    (r"masker\.sim2mask\.w", "mask_weight"),
-    (r"masker\.sim2mask\.b", "mask_bias"),
-]
-# Training-only parameters (the losses' temperatures) and the frozen CLIP, which we load from open_clip.
-_OFFICIAL_IGNORED = re.compile(r"(tcli_loss|tclf_loss)\.logit_scale|clip_(image|text)_encoder\..+")
+# The official TCL.state_dict() (kakaobrain/tcl; every key, shape and source line in
+# tests/fixtures/official_tcl_keys.json) -> ours. Its masker copies CLIP's last block by slicing the
+# nn.Sequential of blocks, which keeps the block's original index (`resblocks.11` for ViT-B/16 with
+# ie_freeze 11): our self_only_block. Then the grounding decoder (`net.i` = our stage i, its
+# `conv`/`conv2` = our block1/block2: LayerNorm2d -> GELU -> conv, tanh gate), CLIP's ln_post and
+# proj moved after the decoder (`image_proj`), and Eq. 5's w and b (`sim2mask`).
+def _official_key_map(last_block: int) -> list[tuple[str, str]]:
+    decoder = r"masker\.image_encoder\.decoder\.decoder\.net\.(\d+)"
+    return [
+        (rf"masker\.image_encoder\.backbone\.transformer\.resblocks\.{last_block}\.(.+)", r"self_only_block.\1"),
+        (decoder + r"\.conv\.gate\.gate", r"grounding_decoder.\1.block1.gate"),
+        (decoder + r"\.conv2\.gate\.gate", r"grounding_decoder.\1.block2.gate"),
+        (decoder + r"\.conv\.(norm|conv)\.(weight|bias)", r"grounding_decoder.\1.block1.\2.\3"),
+        (decoder + r"\.conv2\.(norm|conv)\.(weight|bias)", r"grounding_decoder.\1.block2.\2.\3"),
+        (r"masker\.image_encoder\.decoder\.image_proj\.ln\.(weight|bias)", r"ln_post.\1"),
+        (r"masker\.image_encoder\.decoder\.image_proj\.proj", "proj"),
+        (r"masker\.sim2mask\.w", "mask_weight"),
+        (r"masker\.sim2mask\.b", "mask_bias"),
+    ]
 
 
-def official_to_grounder_state(official: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename an official TCL state dict to our Grounder's keys. Raises on any key it cannot place
-    (for instance a Masker with more than one copied block, i.e. ie_freeze below L-1)."""
-    ours, unknown = {}, []
+# Keys an official checkpoint may hold that inference does not use: the losses' temperatures, the
+# official PAMR's constant shift kernels (training checkpoints are saved right after an evaluation
+# that built them), and the frozen CLIP (a full training checkpoint's; ours comes from open_clip).
+_OFFICIAL_DROPPED = re.compile(r"(tcli_loss|tclf_loss)\.logit_scale|pamr\.aff_(x|m|std)\.kernel|clip_(image|text)_encoder\..+")
+_OFFICIAL_COPIED_BLOCK = re.compile(r"masker\.image_encoder\.backbone\.transformer\.resblocks\.(\d+)\..+")
+
+
+def official_to_grounder_state(official: dict[str, torch.Tensor], last_block: int) -> dict[str, torch.Tensor]:
+    """Rename an official TCL state dict to our Grounder's keys; `last_block` is the index of the
+    frozen CLIP's last block (11 for ViT-B/16). Raises on any key it cannot place, naming it."""
+    ours, unknown, other_blocks = {}, [], set()
+    mapping = _official_key_map(last_block)
     for key, value in official.items():
-        key = key.removeprefix("module.")
-        if _OFFICIAL_IGNORED.fullmatch(key):
+        if _OFFICIAL_DROPPED.fullmatch(key):
             continue
-        for pattern, target in _OFFICIAL_KEYS:
+        for pattern, target in mapping:
             if re.fullmatch(pattern, key):
                 ours[re.sub(pattern, target, key)] = value
                 break
         else:
+            block = _OFFICIAL_COPIED_BLOCK.fullmatch(key)
+            if block:
+                other_blocks.add(int(block.group(1)))
             unknown.append(key)
+    if other_blocks:
+        raise ValueError(
+            f"the official checkpoint copies CLIP block(s) {sorted(other_blocks)}, but this CLIP's last block is "
+            f"{last_block}: TCL copies the last block only (ie_freeze = {last_block}); was it trained on another CLIP?")
     if unknown:
         raise ValueError(f"official TCL checkpoint has keys with no place in this model: {unknown[:8]}"
                          + (f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""))
@@ -178,46 +194,66 @@ class _LenientUnpickler(pickle.Unpickler):
 
 
 def load_official_state(path: str, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """The state dict of an official TCL `.pth` (a {"model": state_dict, ...} pickle).
+    """The state dict of an official TCL `.pth` (a torch.save of {"model": state_dict, ...}).
 
-    Loaded with torch's weights-only unpickler first. The release also pickles its training config
-    (OmegaConf objects), which that unpickler refuses: loading it anyway runs pickle code from
-    the file, so it needs `trust_pickle=True` (only for files you trust, such as the GitHub release).
+    Loaded with torch's weights-only unpickler first. The official training code also pickles
+    its OmegaConf config beside the weights, which that unpickler refuses: loading it anyway runs
+    pickle code from the file, so it needs `trust_pickle=True` (only for files you trust).
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"official TCL checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise ValueError(f"{path} is empty (0 bytes): not a checkpoint; was the download cut off?")
+    if head.startswith(b"PK") and not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is damaged or not a checkpoint: a zip archive without its directory (a cut-off download?)")
+    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":
+        raise ValueError(f"{path} is not a PyTorch checkpoint: neither a torch.save zip archive nor a pickle "
+                         f"(it starts with {head!r})")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        if "global" not in str(error).lower():  # not a pickled object the safe loader refused: damaged bytes
+            raise ValueError(f"{path} is damaged or not a checkpoint: {str(error).splitlines()[0]}") from None
         if not trust_pickle:
             raise ValueError(
-                f"{path} holds pickled Python objects besides tensors (the official release pickles its "
+                f"{path} holds pickled Python objects besides tensors (the official training code pickles its "
                 f"OmegaConf config), so it cannot be loaded weights-only; pass --trust-pickle "
                 f"(trust_pickle=True) if you trust the file. ({str(error).splitlines()[0]})"
             ) from None
         lenient = types.SimpleNamespace(Unpickler=_LenientUnpickler, load=pickle.load, __name__="lenient_pickle")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, pickle_module=lenient)
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False, pickle_module=lenient)
+        except Exception as error:  # noqa: BLE001 - a damaged file fails in many ways
+            raise ValueError(f"{path} could not be unpickled: {type(error).__name__}: {error}") from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise ValueError(f"{path} is damaged or not a checkpoint: {type(error).__name__}: {str(error).splitlines()[0]}") from None
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} is not a TCL checkpoint: expected a state dict or {{'model': state dict}}")
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        found = sorted(checkpoint)[:10] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise ValueError(f"{path} is not a TCL checkpoint: expected a state dict or {{'model': state dict}}, found {found}")
     return state
 
 
 def import_official(path: str, output: str, clip: CLIPConfig | None = None, trust_pickle: bool = False) -> Grounder:
-    """Import the official TCL checkpoint into a Grounder on `clip` (default: open_clip's
-    ViT-B-16 with the `openai` weights, the official frozen CLIP) and save it as our checkpoint
-    directory `output`. Every trained tensor must land in the model, and every trained part of the
-    model must come from the file."""
-    clip = clip or CLIPConfig(model_name="ViT-B-16", pretrained="openai")
-    state = official_to_grounder_state(load_official_state(path, trust_pickle))
-    grounder = Grounder(GrounderConfig(clip=clip))
-    expected = trainable_state_dict(grounder)
+    """Import an official TCL checkpoint (the release, or one of the official training code's) into a
+    Grounder on `clip` (default: open_clip's ViT-B-16 with the `openai` weights, QuickGELU, the
+    official frozen CLIP) and save it as our checkpoint directory `output`. Every trained tensor
+    must land in the model and every trained part of the model must come from the file, checked
+    before any CLIP weights are loaded."""
+    clip = resolve(clip or CLIPConfig(model_name="ViT-B-16", pretrained="openai"))
+    official = load_official_state(path, trust_pickle)
+    state = official_to_grounder_state(official, last_block=clip.model_cfg["vision_cfg"]["layers"] - 1)
+    with torch.device("meta"):  # the model's structure without its weights
+        expected = {k: v.shape for k, v in trainable_state_dict(Grounder(GrounderConfig(clip=clip), FrozenCLIP(clip, load_weights=False))).items()}
     missing = sorted(set(expected) - set(state))
-    wrong_shape = [f"{k}: {tuple(v.shape)} in the file, {tuple(expected[k].shape)} in the model"
-                   for k, v in state.items() if k in expected and v.shape != expected[k].shape]
+    wrong_shape = [f"{k}: {tuple(v.shape)} in the file, {tuple(expected[k])} in the model"
+                   for k, v in state.items() if k in expected and v.shape != expected[k]]
     if missing or wrong_shape:
         raise ValueError(f"{path} does not fit {clip.model_name}: missing {missing}, shape mismatches {wrong_shape}")
-    grounder.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=False)
+    grounder = Grounder(GrounderConfig(clip=clip))
+    grounder.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     save_grounder(output, grounder)
     return grounder
 

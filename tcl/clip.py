@@ -14,6 +14,7 @@ image-level loss needs gradients to flow *through* the frozen image encoder into
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from collections import OrderedDict
@@ -44,10 +45,15 @@ class CLIPConfig:
     """Where the frozen CLIP comes from.
 
     `model_name` is an open_clip ViT name (`ViT-B-16`, ...). `pretrained` is an open_clip tag
-    (`openai`, `laion2b_s34b_b88k`, ...: downloaded from the hub where there is internet) or a
-    local checkpoint file. `model_cfg` gives the architecture explicitly (open_clip's config
-    dict: embed_dim, vision_cfg, text_cfg), for models open_clip does not know by name, such as
-    the project's tiny CLIPs; `model_name` is then only a display name.
+    (`openai`, `laion2b_s34b_b88k`, ...: from the local hub cache, else downloaded) or a local
+    weights file. `model_cfg` gives the architecture explicitly (open_clip's config dict:
+    embed_dim, vision_cfg, text_cfg, quick_gelu), for models open_clip does not know by name, such
+    as the project's tiny CLIPs; checkpoints record it resolved (see `resolve`).
+
+    The activation is part of the architecture: OpenAI's weights were trained with QuickGELU, so
+    `ViT-B-16` + `openai` builds QuickGELU blocks, as open_clip's pretrained table records for
+    that tag. A local copy of OpenAI's weights is a file, not a tag: name the model
+    `ViT-B-16-quickgelu` for it.
     """
 
     model_name: str = "ViT-B-16"
@@ -61,6 +67,7 @@ def pretrained_is_file(pretrained: str | None) -> bool:
 
 CLIP_WEIGHTS_FILE = "open_clip_model.safetensors"  # open_clip's hub layout: weights ...
 CLIP_CONFIG_FILE = "open_clip_config.json"  # ... and {"model_cfg": architecture} beside them
+REQUIRED_ARCHITECTURE_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
 
 
 def with_architecture(config: CLIPConfig) -> CLIPConfig:
@@ -77,27 +84,77 @@ def with_architecture(config: CLIPConfig) -> CLIPConfig:
         return dataclasses.replace(config, model_cfg=json.load(f)["model_cfg"])
 
 
-def create_open_clip(config: CLIPConfig) -> nn.Module:
-    """Build the open_clip model with its weights, or fail with an error that says why."""
-    if config.pretrained and pretrained_is_file(config.pretrained) and not os.path.isfile(config.pretrained):
-        raise FileNotFoundError(f"CLIP checkpoint file not found: {config.pretrained}")
+def pretrained_tag_config(config: CLIPConfig) -> dict | None:
+    """open_clip's record of the pretrained tag (download places, quick_gelu, ...); None when
+    `pretrained` is a file or nothing. An unknown tag is an error that lists the known ones."""
+    if not config.pretrained or pretrained_is_file(config.pretrained):
+        return None
+    tag_config = open_clip.get_pretrained_cfg(config.model_name, config.pretrained)
+    if not tag_config:
+        tags = open_clip.list_pretrained_tags_by_model(config.model_name)
+        raise ValueError(
+            f"pretrained={config.pretrained!r} is neither a local weights file nor an open_clip tag of "
+            f"{config.model_name!r} (its tags: {tags or 'none'}); a file path needs a '/' or a weights suffix"
+        )
+    return tag_config
+
+
+def resolve(config: CLIPConfig) -> CLIPConfig:
+    """`config` with its complete architecture in model_cfg, `quick_gelu` included: the explicit
+    model_cfg, else the one beside a local weights file, else open_clip's config for model_name.
+    Where the pretrained tag records how its weights were trained (QuickGELU for OpenAI's), the
+    architecture follows it; an explicit quick_gelu that contradicts the tag is an error (open_clip
+    only warns, and the features then come from a network the weights do not belong to)."""
+    config = with_architecture(config)
     if config.model_cfg is not None:
-        model = open_clip.CLIP(**config.model_cfg)
-        if config.pretrained:
-            if not pretrained_is_file(config.pretrained):
-                raise ValueError(
-                    f"pretrained={config.pretrained!r}: with an explicit model_cfg, pretrained must be a "
-                    "checkpoint file (tags only exist for open_clip's named models)"
-                )
-            open_clip.load_checkpoint(model, config.pretrained)
+        architecture = copy.deepcopy(dict(config.model_cfg))
+        missing = [k for k in REQUIRED_ARCHITECTURE_KEYS if k not in architecture]
+        if missing:
+            raise ValueError(f"{config.model_name}: model_cfg lacks {missing}; it must be a whole open_clip "
+                             f"architecture ({', '.join(REQUIRED_ARCHITECTURE_KEYS)}, optionally quick_gelu)")
     else:
-        if config.model_name not in open_clip.list_models():
+        architecture = open_clip.get_model_config(config.model_name)
+        if architecture is None:
             raise ValueError(
                 f"unknown open_clip model {config.model_name!r}; ViT names include "
                 f"{[m for m in open_clip.list_models() if m.startswith('ViT-B')][:6]} "
                 "(see open_clip.list_models()), or give model_cfg for a custom architecture"
             )
-        model = open_clip.create_model(config.model_name, pretrained=config.pretrained or None)
+    tag_config = pretrained_tag_config(config)
+    trained_with = bool(tag_config.get("quick_gelu", False)) if tag_config is not None else None
+    if "quick_gelu" not in architecture:
+        architecture["quick_gelu"] = bool(trained_with)
+    elif trained_with is not None and bool(architecture["quick_gelu"]) != trained_with:
+        fix = f"{config.model_name}-quickgelu" if trained_with else config.model_name.removesuffix("-quickgelu")
+        raise ValueError(
+            f"activation mismatch: the CLIP {config.model_name!r} is configured with quick_gelu="
+            f"{bool(architecture['quick_gelu'])}, but the pretrained weights {config.pretrained!r} were trained with "
+            f"quick_gelu={trained_with}; build {fix!r} (or drop quick_gelu from model_cfg) so that the weights "
+            f"run in the network they were trained in"
+        )
+    return dataclasses.replace(config, model_cfg=architecture)
+
+
+def pretrained_weights_file(config: CLIPConfig) -> str:
+    """The local file of `config.pretrained`: the file itself, or a tag's weights from the local
+    hub cache, else downloaded."""
+    if pretrained_is_file(config.pretrained):
+        if not os.path.isfile(config.pretrained):
+            raise FileNotFoundError(f"CLIP checkpoint file not found: {config.pretrained}")
+        return config.pretrained
+    from tcl.hub import download_tag_weights
+
+    return download_tag_weights(config.model_name, config.pretrained, pretrained_tag_config(config))
+
+
+def create_open_clip(config: CLIPConfig, load_weights: bool = True) -> nn.Module:
+    """Build the open_clip model `config` resolves to, with its weights (`load_weights=False`: the
+    same architecture with random weights, for tests and benchmarks), or fail with an error that says why."""
+    config = resolve(config)
+    architecture = dict(config.model_cfg)
+    if architecture.pop("custom_text", False):
+        raise ValueError(f"{config.model_name}: custom text towers are not supported (TCL needs open_clip's CLIP text tower)")
+    model = open_clip.CLIP(**architecture)
     if not isinstance(getattr(model, "visual", None), VisionTransformer):
         raise ValueError(f"{config.model_name}: TCL needs a ViT image tower, got {type(model.visual).__name__}")
     blocks = model.visual.transformer.resblocks
@@ -105,15 +162,20 @@ def create_open_clip(config: CLIPConfig) -> nn.Module:
         raise ValueError(f"{config.model_name}: needs at least two standard open_clip attention blocks")
     if model.visual.attn_pool is not None:
         raise ValueError(f"{config.model_name}: attention-pooled image towers are not supported")
+    if load_weights and config.pretrained:
+        open_clip.load_checkpoint(model, pretrained_weights_file(config))
     return model
 
 
 def make_tokenizer(config: CLIPConfig) -> Callable[[Sequence[str]], torch.Tensor]:
     """The tokenizer of the CLIP `config` describes (no weights needed): texts -> [N, L] int64."""
     config = with_architecture(config)
-    if config.model_cfg is not None:
-        return open_clip.SimpleTokenizer(context_length=config.model_cfg.get("text_cfg", {}).get("context_length", 77))
-    return open_clip.get_tokenizer(config.model_name)
+    if config.model_cfg is None:
+        return open_clip.get_tokenizer(config.model_name)
+    context_length = config.model_cfg.get("text_cfg", {}).get("context_length", 77)
+    if config.model_name in open_clip.list_models():
+        return open_clip.get_tokenizer(config.model_name, context_length=context_length)
+    return open_clip.SimpleTokenizer(context_length=context_length)
 
 
 def interpolate_positional_embedding(pos_embed: torch.Tensor, source_grid: tuple[int, int], target_grid: tuple[int, int]) -> torch.Tensor:
@@ -143,10 +205,10 @@ def self_only_attention_block(block: ResidualAttentionBlock, x: torch.Tensor) ->
 class FrozenCLIP(nn.Module):
     """open_clip CLIP with frozen weights and the feature taps TCL needs."""
 
-    def __init__(self, config: CLIPConfig):
+    def __init__(self, config: CLIPConfig, load_weights: bool = True):
         super().__init__()
-        self.config = config = with_architecture(config)
-        self.model = create_open_clip(config)
+        self.config = config = resolve(config)
+        self.model = create_open_clip(config, load_weights)
         self.model.requires_grad_(False)
         self.model.eval()
         visual = self.model.visual
@@ -273,7 +335,7 @@ class ContrastiveCLIP(nn.Module):
 
     def __init__(self, config: CLIPConfig):
         super().__init__()
-        self.config = config = with_architecture(config)  # a saved tiny CLIP to start from: its JSON has the architecture
+        self.config = config = resolve(config)  # a saved tiny CLIP to start from: its JSON has the architecture
         self.model = create_open_clip(config)
 
     def forward(self, images: torch.Tensor, text_tokens: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -50,10 +50,11 @@ class Segmentation:
 
 
 def to_image_tensor(image: ImageLike) -> torch.Tensor:
-    """PIL RGB image or uint8 [H, W, 3] array -> float [3, H, W] in [0, 1]; clear errors otherwise."""
+    """PIL RGB image or [H, W, 3] array -> [3, H, W]: uint8 stays uint8 (the official evaluation
+    resizes 8-bit images), float arrays must hold values in [0, 1]; clear errors otherwise."""
     if isinstance(image, Image.Image):
         if image.mode != "RGB":
-            raise ValueError(f"image mode is {image.mode!r}, expected 'RGB' (use image.convert('RGB'))")
+            raise ValueError(f"image mode is {image.mode!r}, expected 'RGB' (use tcl.images.to_rgb(image))")
         array = np.asarray(image)
     elif isinstance(image, np.ndarray):
         array = image
@@ -63,12 +64,28 @@ def to_image_tensor(image: ImageLike) -> torch.Tensor:
         raise TypeError(f"image must be a PIL image or a numpy array, got {type(image).__name__}")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(f"image has zero size {array.shape[1]}x{array.shape[0]}")
+    if array.dtype != np.uint8 and not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"image array dtype {array.dtype} not supported (uint8 or float in [0, 1])")
     tensor = torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1)  # PIL arrays are read-only
-    if array.dtype == np.uint8:
-        return tensor.float().div_(255.0)
-    if np.issubdtype(array.dtype, np.floating):
-        return tensor.float()
-    raise ValueError(f"image array dtype {array.dtype} not supported (uint8 or float in [0, 1])")
+    return tensor if array.dtype == np.uint8 else tensor.float()
+
+
+def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[B, 3, H, W] uint8, or float in [0, 1] -> float [B, 3, *size] in [0, 1], bilinear.
+
+    As the official evaluation resizes (mmcv's imrescale: OpenCV's bilinear filter on the 8-bit
+    image, 8 bits out), an 8-bit image is resized on the 0-255 scale and rounded back to whole
+    levels. OpenCV computes with 11-bit fixed-point weights; what remains between the two is at
+    most one grey level (mean 0.13 on natural images; tests/test_segment.py compares with OpenCV).
+    """
+    if image.dtype == torch.uint8:
+        pixels = image.float()
+        if tuple(size) != tuple(pixels.shape[-2:]):
+            pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False).round_().clamp_(0, 255)
+        return pixels / 255.0
+    if tuple(size) != tuple(image.shape[-2:]):
+        image = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+    return image
 
 
 def resized_shape(height: int, width: int, short_side: int, max_long_side: int) -> tuple[int, int]:
@@ -162,14 +179,13 @@ class Segmenter:
         return results
 
     def mask_scores(self, images: list[torch.Tensor], text_embedding: torch.Tensor, config: SegmenterConfig) -> list[torch.Tensor]:
-        """Window-averaged mask scores at each image's original size. images: [3, H, W] in [0, 1] -> [N, H, W]."""
+        """Window-averaged mask scores at each image's original size. images: [3, H, W] uint8, or
+        float in [0, 1] -> [N, H, W]."""
         num_texts = text_embedding.shape[0]
         resized = []
         for image in images:
             size = resized_shape(image.shape[1], image.shape[2], config.short_side, config.max_long_side)
-            image = image.to(self.device).unsqueeze(0)
-            image = F.interpolate(image, size=size, mode="bilinear", align_corners=False) if size != tuple(image.shape[-2:]) else image
-            resized.append(self.grounder.normalize(image)[0])
+            resized.append(self.grounder.normalize(resize_image(image.to(self.device).unsqueeze(0), size))[0])
         sums = [torch.zeros(num_texts, *im.shape[-2:], device=self.device) for im in resized]
         counts = [torch.zeros(1, *im.shape[-2:], device=self.device) for im in resized]
 

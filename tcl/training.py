@@ -70,13 +70,15 @@ class TrainConfig:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: weight decay on weight matrices only, none on biases, norms and scalars.
+    """AdamW groups, the official rule (kakaobrain/tcl utils/optimizer.py:13): no weight decay on
+    1-D parameters (norm weights, biases) and names ending in ".bias"; everything else decays,
+    0-dim scalars included (the decoder gates, Eq. 5's w and b, the loss temperatures).
     Frozen parameters are included: they join training when unfrozen (AdamW skips grad=None)."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if name.startswith(("grounder.clip.", "module.grounder.clip.")):
             continue  # CLIP is never trained
-        (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
+        (no_decay if param.ndim == 1 or name.endswith(".bias") else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

@@ -12,7 +12,12 @@ from tcl.checkpoint import (import_official, load_grounder, official_to_grounder
                             trainable_state_dict)
 from tcl.checkpoint import main as checkpoint_main
 from tcl.segment import Segmenter, SegmenterConfig
-from tests.conftest import make_grounder, tiny_grounder_config
+from open_clip.transformer import QuickGELU
+
+from tcl.clip import CLIPConfig, FrozenCLIP
+from tcl.model import Grounder, GrounderConfig
+from tests.conftest import make_grounder
+from tests.helpers import official_fixture, official_state, openai_vit_b16_hub_cache
 
 
 def test_checkpoint_round_trip_gives_identical_segmentation(tmp_path):
@@ -44,25 +49,49 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
-# the official checkpoint (kakaobrain/tcl v1.0.0): key names and shapes from tests/fixtures
+# the official checkpoint (kakaobrain/tcl): key names and ViT-B/16 shapes from tests/fixtures, each
+# fact with its source line in the official code
 
-def official_state(seed: int = 0) -> dict[str, torch.Tensor]:
-    """A state dict with the official release's key names and shapes (for the tiny grounder)."""
-    facts = json.loads((Path(__file__).parent / "fixtures" / "official_tcl_keys.json").read_text())
-    generator = torch.Generator().manual_seed(seed)
-    return {key: torch.randn(shape, generator=generator) for key, shape in facts["shapes"].items()}
+@pytest.fixture(scope="module")
+def vit_b16_grounder():
+    """A Grounder on the architecture of ViT-B-16 / openai (QuickGELU) with random CLIP weights."""
+    torch.manual_seed(0)
+    clip = FrozenCLIP(CLIPConfig("ViT-B-16", "openai"), load_weights=False)
+    return Grounder(GrounderConfig(clip=clip.config), clip)
 
 
-def test_official_keys_map_onto_every_trained_part_of_the_grounder():
-    grounder = make_grounder()
+@pytest.fixture(scope="module")
+def hub_cache(tmp_path_factory):
+    return openai_vit_b16_hub_cache(tmp_path_factory.mktemp("hub"))
+
+
+@pytest.fixture
+def offline_hub(hub_cache, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return hub_cache
+
+
+def test_fixture_holds_the_released_structure():
+    facts = official_fixture()
+    keys = [entry["key"] for entry in facts["keys"]]
+    assert len(keys) == len(set(keys)) and all(entry["source"] for entry in facts["keys"])
+    trained = [entry for entry in facts["keys"] if entry["role"] == "trained"]
+    assert len(trained) == 37 and sum(int(np.prod(e["shape"])) for e in trained) == 28_725_510
+    copied = [k for k in keys if ".backbone." in k]
+    assert len(copied) == 12 and all(".resblocks.11." in k for k in copied)  # the slice keeps block 11's index
+
+
+def test_official_keys_map_onto_every_trained_part_of_the_grounder(vit_b16_grounder):
     official = official_state()
-    ours = official_to_grounder_state(official)
-    trainable = trainable_state_dict(grounder)
+    ours = official_to_grounder_state(official, last_block=11)
+    trainable = trainable_state_dict(vit_b16_grounder)
     assert sorted(ours) == sorted(trainable)  # nothing missing, nothing left over
     for key, value in ours.items():
         assert value.shape == trainable[key].shape, key
-    # spot checks that each tensor lands where it belongs, not only somewhere of the right shape
-    assert ours["self_only_block.attn.in_proj_weight"] is official["masker.image_encoder.backbone.transformer.resblocks.0.attn.in_proj_weight"]
+    # each tensor lands where it belongs, not only somewhere of the right shape
+    assert ours["self_only_block.attn.in_proj_weight"] is official["masker.image_encoder.backbone.transformer.resblocks.11.attn.in_proj_weight"]
+    assert ours["self_only_block.mlp.c_fc.weight"] is official["masker.image_encoder.backbone.transformer.resblocks.11.mlp.c_fc.weight"]
     assert ours["grounding_decoder.1.block2.conv.weight"] is official["masker.image_encoder.decoder.decoder.net.1.conv2.conv.weight"]
     assert ours["grounding_decoder.0.block1.gate"] is official["masker.image_encoder.decoder.decoder.net.0.conv.gate.gate"]
     assert ours["grounding_decoder.0.block2.norm.bias"] is official["masker.image_encoder.decoder.decoder.net.0.conv2.norm.bias"]
@@ -71,17 +100,30 @@ def test_official_keys_map_onto_every_trained_part_of_the_grounder():
     assert ours["mask_weight"] is official["masker.sim2mask.w"] and ours["mask_bias"] is official["masker.sim2mask.b"]
 
 
-def test_official_state_with_an_unplaceable_key_is_refused():
+def test_training_only_keys_buffers_and_frozen_clip_are_accepted_and_dropped():
+    everything = official_state(roles=("trained", "training-only", "fixed-buffer"))
+    everything["clip_image_encoder.clip_visual.conv1.weight"] = torch.zeros(768, 3, 16, 16)
+    assert sorted(official_to_grounder_state(everything, 11)) == sorted(official_to_grounder_state(official_state(), 11))
+
+
+def test_unknown_keys_and_other_copied_blocks_are_refused():
     official = official_state()
-    official["masker.image_encoder.backbone.transformer.resblocks.1.ln_1.weight"] = torch.ones(32)  # ie_freeze 10: two copied blocks
-    with pytest.raises(ValueError, match="resblocks.1.ln_1.weight"):
-        official_to_grounder_state(official)
+    official["masker.image_encoder.decoder.decoder.net.2.conv.gate.extra"] = torch.zeros(())
+    with pytest.raises(ValueError, match=r"no place in this model: \['masker.image_encoder.decoder.decoder.net.2.conv.gate.extra'\]"):
+        official_to_grounder_state(official, 11)
+    official = official_state()
+    official["masker.image_encoder.backbone.transformer.resblocks.10.ln_1.weight"] = torch.ones(768)  # ie_freeze 10: two blocks
+    with pytest.raises(ValueError, match=r"copies CLIP block\(s\) \[10\], but this CLIP's last block is 11"):
+        official_to_grounder_state(official, 11)
+    renamed = {k.replace("resblocks.11.", "resblocks.0."): v for k, v in official_state().items()}  # the names this project once expected
+    with pytest.raises(ValueError, match=r"block\(s\) \[0\]"):
+        official_to_grounder_state(renamed, 11)
 
 
-def _save_like_the_release(path, state):
-    """torch.save({"model": ..., "config": <an object of a package that is not installed>}), as the
-    release pickles its OmegaConf config beside the weights."""
-    fake = types.ModuleType("not_installed_conf")
+def _save_like_the_official_code(path, state):
+    """torch.save as kakaobrain/tcl utils/checkpoint.py:120-137 does: the model's state under "model",
+    beside the optimizer's and an OmegaConf DictConfig (here: a class of a package that is not installed)."""
+    fake = types.ModuleType("not_installed_omegaconf")
 
     class DictConfig:
         def __init__(self, content):
@@ -91,32 +133,54 @@ def _save_like_the_release(path, state):
     fake.DictConfig = DictConfig
     sys.modules[fake.__name__] = fake
     try:
-        torch.save({"model": state, "config": DictConfig({"model": {"type": "TCL"}}), "step": 50000}, path)
+        torch.save({"model": state, "optimizer": {"state": {}}, "lr_scheduler": {}, "scaler": {}, "step": 50000,
+                    "config": DictConfig({"model": {"type": "TCL", "ie_freeze": 11}})}, path)
     finally:
         del sys.modules[fake.__name__]
 
 
-def test_import_official_writes_a_checkpoint_that_segments_with_those_weights(tmp_path):
-    official = official_state(seed=1)
-    _save_like_the_release(tmp_path / "tcl.pth", official)
-    clip = tiny_grounder_config().clip
-    with pytest.raises(ValueError, match="--trust-pickle"):
-        import_official(str(tmp_path / "tcl.pth"), str(tmp_path / "imported"), clip)
-    import_official(str(tmp_path / "tcl.pth"), str(tmp_path / "imported"), clip, trust_pickle=True)
+def test_import_refuses_a_file_missing_a_trained_key_before_loading_any_weights(tmp_path):
+    state = official_state()
+    del state["masker.sim2mask.b"]
+    torch.save({"model": state}, tmp_path / "partial.pth")  # tensors only: loads weights-only
+    with pytest.raises(SystemExit, match=r"missing \['mask_bias'\]"):  # offline, no weights cached: it must fail on the keys first
+        checkpoint_main(["import-official", str(tmp_path / "partial.pth"), str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
 
+
+def test_import_official_places_every_key_on_the_openai_quickgelu_clip(tmp_path, offline_hub):
+    official = official_state(seed=1, roles=("trained", "training-only"))
+    _save_like_the_official_code(tmp_path / "tcl.pth", official)
+    with pytest.raises(ValueError, match="--trust-pickle"):
+        import_official(str(tmp_path / "tcl.pth"), str(tmp_path / "imported"))
+    import_official(str(tmp_path / "tcl.pth"), str(tmp_path / "imported"), trust_pickle=True)
+
+    recorded = json.loads((tmp_path / "imported" / "config.json").read_text())["clip"]
+    assert recorded["model_name"] == "ViT-B-16" and recorded["pretrained"] == "openai"
+    assert recorded["model_cfg"]["quick_gelu"] is True  # the checkpoint records the activation
+    assert not (tmp_path / "imported" / "clip.safetensors").exists()  # a hub tag: not copied
     loaded = load_grounder(str(tmp_path / "imported"))
-    for key, value in official_to_grounder_state(official).items():
+    for key, value in official_to_grounder_state(official, 11).items():
         assert torch.equal(trainable_state_dict(loaded)[key], value), key
-    [result] = Segmenter.from_checkpoint(str(tmp_path / "imported"), device="cpu", short_side=32, window=32, stride=16).segment(
+    assert isinstance(loaded.self_only_block.mlp.gelu, QuickGELU)
+    [result] = Segmenter(loaded, SegmenterConfig(short_side=32, window=32, stride=16, pamr=False), device="cpu").segment(
         Image.new("RGB", (40, 32), (200, 30, 30)), ["star", "sky"])
     assert result.labels.shape == (32, 40)
 
 
-def test_import_official_cli_names_the_problem(tmp_path, capsys):
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty"),
+    (b"<html>404 Not Found</html>", "not a PyTorch checkpoint"),
+    (b"\x80\x04garbage that only starts like a pickle", "damaged or not a checkpoint"),
+    (b"PK\x03\x04 a zip header and nothing else", "damaged or not a checkpoint"),
+])
+def test_import_official_tells_damaged_files_from_pickles(tmp_path, content, message):
+    (tmp_path / "bad.pth").write_bytes(content)
+    with pytest.raises(SystemExit, match=message) as error:
+        checkpoint_main(["import-official", str(tmp_path / "bad.pth"), str(tmp_path / "out"), "--trust-pickle"])
+    assert "bad.pth" in str(error.value)
+
+
+def test_import_official_cli_names_a_missing_file(tmp_path):
     with pytest.raises(SystemExit, match="not found: .*missing.pth"):
         checkpoint_main(["import-official", str(tmp_path / "missing.pth"), str(tmp_path / "out")])
-    state = official_state()
-    del state["masker.sim2mask.b"]
-    torch.save({"model": state}, tmp_path / "partial.pth")  # tensors only: loads weights-only
-    with pytest.raises(SystemExit, match=r"missing \['mask_bias'\]"):
-        checkpoint_main(["import-official", str(tmp_path / "partial.pth"), str(tmp_path / "out"), "--clip-pretrained", ""])

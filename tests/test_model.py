@@ -234,3 +234,25 @@ def test_distributed_loss_and_gradients_equal_single_process(tmp_path):
     assert set(ranks[0]["grads"]) == set(single_grads)
     for name, grad in single_grads.items():
         assert torch.allclose(ranks[0]["grads"][name], grad, rtol=1e-3, atol=1e-6), name
+
+
+def test_weight_decay_groups_follow_the_official_rule():
+    """kakaobrain/tcl utils/optimizer.py:13: no decay iff the parameter is 1-D or its name ends in
+    ".bias"; so 0-dim scalars (gates, Eq. 5's w and b, the loss temperatures) decay."""
+    from tcl.training import param_groups
+
+    model = _tcl(unfreeze_block_step=0)
+    decay, no_decay = param_groups(model, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    exempt = {names[id(p)] for p in no_decay["params"]}
+    for scalar in ("grounder.mask_weight", "grounder.mask_bias", "grounder.grounding_decoder.0.block1.gate",
+                   "criterion.image_level_logit_scale", "criterion.feature_level_logit_scale"):
+        assert scalar in decayed
+    for name in ("grounder.self_only_block.attn.in_proj_bias", "grounder.ln_post.weight", "grounder.grounding_decoder.1.block2.norm.bias",
+                 "grounder.grounding_decoder.1.block2.conv.bias"):
+        assert name in exempt
+    assert {"grounder.proj", "grounder.self_only_block.attn.in_proj_weight", "grounder.grounding_decoder.0.block1.conv.weight"} <= decayed
+    assert not any(n.startswith("grounder.clip.") for n in decayed | exempt)
+    assert decayed | exempt == {n for n in names.values() if not n.startswith("grounder.clip.")}

@@ -13,7 +13,8 @@ from PIL import Image
 
 from tcl.data import synthetic
 from tcl.data.benchmarks import open_custom
-from tcl.data.shards import ShardWriter, encode_image
+from tcl.data.shards import ShardWriter
+from tcl.images import encode_image
 from tcl.evaluation import evaluate
 from tcl.segment import Segmenter
 from tests.conftest import save_trained_looking_checkpoint

@@ -132,3 +132,22 @@ def test_segment_each_equals_one_call_per_image_with_its_own_texts(grounder):
         assert np.array_equal(result.labels, alone.labels)
     with pytest.raises(ValueError, match="3 images but 2 text lists"):
         segmenter.segment_each(images, texts[:2])
+
+
+def test_resize_matches_the_official_opencv_resize_of_8_bit_images():
+    """The official evaluation resizes the uint8 image with OpenCV's bilinear filter (mmcv
+    imrescale). Ours, on the same images: at most one grey level apart, and closer than resizing
+    floats without rounding (the project's earlier way, 0.27 levels on average)."""
+    cv2 = pytest.importorskip("cv2")
+    from tcl.segment import resize_image
+
+    rng = np.random.default_rng(0)
+    for (height, width), (new_height, new_width) in [((375, 500), (448, 597)), ((1024, 768), (597, 448)), ((91, 130), (448, 640))]:
+        image = cv2.GaussianBlur(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), (0, 0), 2)  # photo-like
+        reference = cv2.resize(image, (new_width, new_height), interpolation=cv2.INTER_LINEAR).astype(np.float64)
+        tensor = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0)
+        ours = resize_image(tensor, (new_height, new_width))[0].permute(1, 2, 0).double().numpy() * 255
+        assert np.abs(ours - reference).max() <= 1 + 1e-4  # float32 / 255 * 255
+        assert np.abs(ours - reference).mean() < 0.2
+        unrounded = resize_image(tensor.float() / 255, (new_height, new_width))[0].permute(1, 2, 0).double().numpy() * 255
+        assert np.abs(unrounded - reference).mean() > np.abs(ours - reference).mean()

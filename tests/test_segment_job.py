@@ -15,7 +15,8 @@ from PIL import Image
 
 from jobs import segment as segment_job
 from tcl import storage
-from tcl.data.shards import ShardWriter, encode_image
+from tcl.data.shards import ShardWriter
+from tcl.images import encode_image
 from tcl.segment import Segmenter
 from tests.conftest import save_trained_looking_checkpoint
 

@@ -10,7 +10,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tcl.data.shards import encode_image
+from tcl.images import encode_image
 from tcl.encoding import run_length_decode
 from tcl.segment import Segmenter
 from tests.conftest import save_trained_looking_checkpoint

@@ -17,6 +17,7 @@ from PIL import Image
 
 from jobs import make_shards
 from tcl import storage
+from tcl import images
 from tcl.data import shards
 
 # Distinct solid colours, so a decoded/cropped image tells which row it came from.
@@ -24,7 +25,7 @@ COLOURS = [(i * 37 % 256, i * 91 % 256, i * 53 % 256) for i in range(64)]
 
 
 def solid_png(i: int, size: int = 16) -> bytes:
-    return shards.encode_image(Image.new("RGB", (size, size + 4), COLOURS[i]), "PNG")
+    return images.encode_image(Image.new("RGB", (size, size + 4), COLOURS[i]), "PNG")
 
 
 def caption(i: int) -> str:
@@ -72,14 +73,14 @@ def check_rows(images: np.ndarray, text: np.ndarray) -> None:
 # pure functions (no Ray)
 
 def test_decode_image_reasons():
-    img = shards.decode_image(shards.encode_image(Image.new("L", (5, 3), 7), "PNG"))
+    img = images.decode_image(images.encode_image(Image.new("L", (5, 3), 7), "PNG"))
     assert img.mode == "RGB" and img.size == (5, 3)
-    good = shards.encode_image(Image.new("RGB", (64, 64), (1, 2, 3)), "JPEG")
-    assert shards.decode_image_with_reason(good)[1] is None
+    good = images.encode_image(Image.new("RGB", (64, 64), (1, 2, 3)), "JPEG")
+    assert images.decode_image_with_reason(good)[1] is None
     cases = {None: "missing", b"": "empty", b"\x00garbage" * 10: "not an image", 5: "not bytes (int)"}
     for data, reason in cases.items():
-        assert shards.decode_image_with_reason(data) == (None, reason)
-    image, reason = shards.decode_image_with_reason(good[: len(good) // 2])
+        assert images.decode_image_with_reason(data) == (None, reason)
+    image, reason = images.decode_image_with_reason(good[: len(good) // 2])
     assert image is None and reason.startswith("broken")
 
 
@@ -101,7 +102,7 @@ def test_transform_drops_and_counts_corrupt_rows():
 
     counter = ListCounter()
     tf = exact_transform(skip_counter=counter)
-    noise = shards.encode_image(Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), np.uint8)))
+    noise = images.encode_image(Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), np.uint8)))
     batch = {
         "image": np.array([solid_png(1), b"junk", solid_png(2), None, noise[: len(noise) // 2]], dtype=object),
         "caption": np.array([caption(1), caption(9), caption(2), caption(9), caption(3)], dtype=object),
@@ -119,7 +120,7 @@ def test_transform_drops_and_counts_corrupt_rows():
 
 def test_transform_random_crop_and_real_tokenizer():
     tf = shards.ImageTextTransform("ViT-B-16", image_size=24, scale=(0.08, 1.0))
-    big = shards.encode_image(Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), np.uint8)), "PNG")
+    big = images.encode_image(Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), np.uint8)), "PNG")
     out = tf({"image": np.array([big, big], dtype=object), "caption": np.array(["a red cube", "b"], dtype=object)})
     assert out["image"].shape == (2, 3, 24, 24) and out["image"].dtype == np.uint8
     assert out["text"].shape == (2, 77) and out["text"].dtype == np.int64
@@ -187,7 +188,7 @@ def test_img2dataset_column_names(tmp_path, ray_session, caption_col):
 
 def test_corrupt_images_skipped_and_counted(tmp_path, ray_session):
     good = [(solid_png(i), caption(i)) for i in range(12)]
-    jpeg = shards.encode_image(Image.new("RGB", (32, 32), (9, 9, 9)), "JPEG")
+    jpeg = images.encode_image(Image.new("RGB", (32, 32), (9, 9, 9)), "JPEG")
     bad = [b"garbage" * 5, jpeg[: len(jpeg) // 3], b"", None, b"\x89PNG\r\n\x1a\n" + b"\x00" * 30]
     rows = good[:6] + [(b, caption(50)) for b in bad] + good[6:]
     table = pa.table({"jpg": pa.array([r[0] for r in rows], pa.binary()), "txt": [r[1] for r in rows]})
@@ -326,7 +327,7 @@ def test_make_shards_synthetic(tmp_path, monkeypatch):
     assert calls == [(5, 3, 12, ("max_shapes=2",))]
     rows = read_back(str(out))
     assert [c for _, c in rows] == [caption(i) for i in range(5)]
-    img = shards.decode_image(rows[2][0])
+    img = images.decode_image(rows[2][0])
     assert img.size == (12, 12) and img.getpixel((0, 0)) == COLOURS[2]  # PNG: lossless
 
 
@@ -339,7 +340,7 @@ def test_make_shards_with_real_synthetic_module(tmp_path):
                              "--output", str(out), "--verify"]) == 0
     rows = read_back(str(out))
     assert len(rows) == 6 and all(isinstance(c, str) and c for _, c in rows)
-    assert shards.decode_image(rows[0][0]).size == (32, 32)
+    assert images.decode_image(rows[0][0]).size == (32, 32)
 
 
 def test_make_shards_help_mentions_examples(capsys):

@@ -10,7 +10,8 @@ from PIL import Image
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "jobs"))
 
 import train as train_job  # noqa: E402
-from tcl.data.shards import ShardWriter, encode_image  # noqa: E402
+from tcl.data.shards import ShardWriter
+from tcl.images import encode_image  # noqa: E402
 from tcl.segment import Segmenter  # noqa: E402
 
 TINY = [

@@ -47,6 +47,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from tcl.images import load_image
+
 IGNORE_INDEX = 255
 PREPARE_HINT = "see README 'Preparing the benchmarks'"
 
@@ -230,8 +232,7 @@ class Benchmark:
 
     def load(self, sample: Sample) -> tuple[Image.Image, np.ndarray]:
         """(RGB image, int64 [H, W] label), checked to match in size and to hold known classes only."""
-        with Image.open(sample.image_path) as image:
-            image = image.convert("RGB")
+        image = load_image(sample.image_path)  # EXIF orientation applied, as OpenCV's decoding does
         label = load_label(sample.label_path, self.reduce_zero_label, self.ignore_index)
         if label.shape != (image.height, image.width):
             raise BenchmarkError(f"{sample.label_path}: label is {label.shape[1]}x{label.shape[0]} but its image "

@@ -65,6 +65,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from tcl import storage
+from tcl.images import decode_image_with_reason
 
 log = logging.getLogger(__name__)
 
@@ -72,54 +73,6 @@ DEFAULT_IMAGE_COLUMNS = ("jpg", "png", "webp", "image")  # tried in order when n
 DEFAULT_CAPTION_COLUMNS = ("txt", "caption")
 SHARD_NAME = "shard-{index:05d}.parquet"
 SHARD_PATTERN = re.compile(r"^shard-(\d{5,})\.parquet$")
-
-
-# --------------------------------------------------------------------------------------------------
-# decoding
-
-def decode_image_with_reason(data: Any, mode: str = "RGB", max_pixels: int | None = None) -> tuple[Image.Image | None, str | None]:
-    """Decode encoded image bytes. Returns ``(image, None)`` or ``(None, reason)``; never raises.
-    Images of more than `max_pixels` pixels are refused from their header, before decoding
-    (reason starting "too large")."""
-    if data is None:
-        return None, "missing"
-    if isinstance(data, memoryview):
-        data = data.tobytes()
-    if not isinstance(data, (bytes, bytearray)):
-        return None, f"not bytes ({type(data).__name__})"
-    if len(data) == 0:
-        return None, "empty"
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            if max_pixels is not None and img.width * img.height > max_pixels:
-                return None, f"too large: {img.width}x{img.height} = {img.width * img.height} pixels, the limit is {max_pixels}"
-            # load() forces the full decode: Image.open only reads the header, so truncated files
-            # would otherwise fail later, somewhere less convenient.
-            img.load()
-            if img.width == 0 or img.height == 0:
-                return None, "zero-size"
-            return img.convert(mode), None
-    except Image.DecompressionBombError as e:
-        return None, f"too large: {e}"
-    except Image.UnidentifiedImageError:
-        return None, "not an image"
-    except Exception as e:  # noqa: BLE001 - corrupt data raises OSError, ValueError, SyntaxError, ...
-        return None, f"broken: {type(e).__name__}: {e}"
-
-
-def decode_image(data: Any, mode: str = "RGB") -> Image.Image | None:
-    """Decode encoded image bytes to a PIL image in ``mode``, or None if they are not a usable image."""
-    return decode_image_with_reason(data, mode)[0]
-
-
-def encode_image(image: Image.Image, fmt: str = "PNG", quality: int = 95) -> bytes:
-    """Encode a PIL image (PNG is lossless; JPEG uses ``quality``)."""
-    buf = io.BytesIO()
-    if fmt.upper() in ("JPEG", "JPG"):
-        image.convert("RGB").save(buf, format="JPEG", quality=quality)
-    else:
-        image.save(buf, format=fmt)
-    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------------------------------
