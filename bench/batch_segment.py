@@ -13,23 +13,21 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+from PIL import Image
 
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from jobs import segment as segment_job  # noqa: E402
-from tcl.checkpoint import save_grounder  # noqa: E402
-from tcl.clip import CLIPConfig, tiny_model_cfg  # noqa: E402
-from tcl.data import synthetic  # noqa: E402
-from tcl.images import encode_image  # noqa: E402
-from tcl.model import Grounder, GrounderConfig  # noqa: E402
-from tcl.segment import Segmenter  # noqa: E402
-from tcl.visualize import label_png  # noqa: E402
+from tcl.checkpoint import save_grounder
+from tcl.clip import CLIPConfig, tiny_model_cfg
+from tcl.data import synthetic
+from tcl.images import encode_image
+from tcl.batch import BatchJob
+from tcl.model import Grounder, GrounderConfig
+from tcl.ray import batch, runtime
+from tcl.segment import Segmenter
+from tcl.visualize import label_png
 
 TEXTS = "a red star,a blue circle,grass,sky,water"
 
@@ -43,7 +41,7 @@ def main() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"  # the actors' torch threads
     torch.set_num_threads(1)
     size = args.image_size
-    protocol = ["--short-side", str(size), "--window", str(size), "--stride", str(size // 2)]
+    protocol = {"short_side": size, "window": size, "stride": size // 2}
 
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
@@ -75,9 +73,9 @@ def main() -> None:
                 output = os.path.join(tmp, f"out-{actors}")
                 shutil.rmtree(output, ignore_errors=True)
                 start = time.perf_counter()
-                summary = segment_job.main(["--checkpoint", checkpoint, "--input", os.path.join(tmp, "in"), "--texts", TEXTS,
-                                            "--output", output, "--actors", str(actors), "--batch-size", str(args.batch_size),
-                                            "--num-cpus", "8", *protocol])
+                runtime.init(num_cpus=8)
+                summary = batch.run(BatchJob(checkpoint=checkpoint, input=os.path.join(tmp, "in"), texts=TEXTS.split(","),
+                                             output=output, actors=actors, batch_size=args.batch_size, segmenter=protocol))
                 seconds = time.perf_counter() - start
             assert summary["segmented_now"] == len(files)
             rows.append((f"job, {actors} actor(s), end to end", len(files) / seconds, actors))

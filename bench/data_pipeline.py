@@ -1,6 +1,6 @@
 """Samples/s per CPU of the training data pipeline on Ray Data against a bare single-process loop.
 
-(a) Ray Data: exactly the pipeline jobs/train.py trains on (`train_dataset`: read_shards ->
+(a) Ray Data: exactly the pipeline training consumes (`tcl.ray.data.training_dataset`: read_shards ->
     map_batches(ImageTextTransform): decode, random resized crop, tokenize),
     consumed with iter_batches, on a local Ray instance with --num-cpus logical CPUs.
 (b) bare loop: one process reads the same Parquet files with pyarrow and applies the same
@@ -27,23 +27,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jobs"))
 
-import numpy as np  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
 
-import train as train_job  # noqa: E402  (jobs/train.py: the pipeline under test)
-from tcl import config as config_lib  # noqa: E402
-from tcl.clip import make_tokenizer  # noqa: E402
-from tcl import images  # noqa: E402
-from tcl.data import shards  # noqa: E402
-from tcl.training import TrainConfig  # noqa: E402
+from tcl import config as config_lib
+from tcl.clip import make_tokenizer
+from tcl import images
+from tcl.data import shards
+from tcl.ray import runtime
+from tcl.ray.data import training_dataset  # the pipeline training consumes
+from tcl.training import TrainConfig
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -178,12 +176,11 @@ def main() -> None:
             "run.num_workers=1", f"model.grounder.clip.model_name={args.tokenizer}",
         ])
         tokenizer = make_tokenizer(cfg.model.grounder.clip)
-        train_job.init_ray(argparse.Namespace(ray_address=None, num_cpus=args.num_cpus))
-        import ray.data
+        runtime.init(num_cpus=args.num_cpus)
+        import ray
 
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        dataset = train_job.train_dataset(cfg, tokenizer, skip_counter=None)
-        # The batch size train_dataset gives map_batches, so both sides transform equal batches.
+        dataset = training_dataset(cfg, tokenizer, skip_counter=None)
+        # The batch size training_dataset gives map_batches, so both sides transform equal batches.
         map_batch_size = max(16, cfg.optim.batch_size // max(1, cfg.run.num_workers))
         bare_transform = shards.ImageTextTransform(tokenizer, image_size=cfg.data.image_size, scale=cfg.data.crop_scale)
 

@@ -14,23 +14,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from jobs import evaluate as evaluate_job  # noqa: E402
-from jobs.train import init_ray  # noqa: E402
-from tcl.checkpoint import save_grounder  # noqa: E402
-from tcl.clip import CLIPConfig, tiny_model_cfg  # noqa: E402
-from tcl.data import synthetic  # noqa: E402
-from tcl.data.benchmarks import open_custom  # noqa: E402
-from tcl.evaluation import evaluate  # noqa: E402
-from tcl.model import Grounder, GrounderConfig  # noqa: E402
-from tcl.segment import Segmenter  # noqa: E402
+from tcl.checkpoint import save_grounder
+from tcl.clip import CLIPConfig, tiny_model_cfg
+from tcl.data import synthetic
+from tcl.data.benchmarks import open_custom
+from tcl.evaluation import evaluate
+from tcl.model import Grounder, GrounderConfig
+from tcl.ray import runtime
+from tcl.ray.evaluate import EvaluationJob, evaluate_dataset
+from tcl.segment import Segmenter
 
 
 def main() -> None:
@@ -56,15 +53,13 @@ def main() -> None:
         reference = evaluate(segmenter, open_custom(root))
         loop_rate = args.images / (time.perf_counter() - start)
 
-        init_ray(argparse.Namespace(ray_address=None, num_cpus=args.num_cpus))
-        job_args = evaluate_job.parse_args(["--checkpoint", os.path.join(tmp, "ckpt"), "--datasets", f"custom:{root}",
-                                            "--short-side", str(size), "--window", str(size), "--stride", str(size // 2)])
+        runtime.init(num_cpus=args.num_cpus)
+        job = EvaluationJob(checkpoint=os.path.join(tmp, "ckpt"), datasets=f"custom:{root}", output=os.path.join(tmp, "out"), segmenter=protocol)
         rows = [("plain loop, 1 thread", loop_rate, 1, True)]
         for actors in (1, 2):
-            evaluate_distributed = evaluate_job.evaluate_distributed
-            evaluate_distributed(job_args, f"custom:{root}", actors, use_gpu=False)  # warm-up: Ray Data, imports
+            evaluate_dataset(job, f"custom:{root}", job.checkpoint, actors, use_gpu=False)  # warm-up: Ray Data, imports
             start = time.perf_counter()
-            _, confusion, run = evaluate_distributed(job_args, f"custom:{root}", actors, use_gpu=False)
+            _, confusion, run = evaluate_dataset(job, f"custom:{root}", job.checkpoint, actors, use_gpu=False)
             rate = args.images / (time.perf_counter() - start)
             same = (confusion.matrix == reference.confusion.matrix).all()
             rows.append((f"job, {actors} actor(s), end to end", rate, actors, same))

@@ -15,19 +15,16 @@ import argparse
 import copy
 import dataclasses
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-from tcl.clip import CLIPConfig, FrozenCLIP, create_open_clip, resolve  # noqa: E402
-from tcl.model import Grounder, GrounderConfig  # noqa: E402
-from tcl.segment import Segmenter, SegmenterConfig  # noqa: E402
+from tcl.clip import CLIPConfig, FrozenCLIP, create_open_clip, resolve
+from tcl.model import Grounder, GrounderConfig
+from tcl.segment import Segmenter, SegmenterConfig
 
 VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "dining table",
                "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train", "tv monitor", "wall"]

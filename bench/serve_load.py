@@ -16,24 +16,21 @@ import io
 import json
 import os
 import socket
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.request import urlopen
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+import torch
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from tcl.checkpoint import save_grounder  # noqa: E402
-from tcl.clip import CLIPConfig, tiny_model_cfg  # noqa: E402
-from tcl.data import synthetic  # noqa: E402
-from tcl.images import encode_image  # noqa: E402
-from tcl.model import Grounder, GrounderConfig  # noqa: E402
-from tcl.segment import Segmenter  # noqa: E402
+from tcl.checkpoint import save_grounder
+from tcl.clip import CLIPConfig, tiny_model_cfg
+from tcl.data import synthetic
+from tcl.images import encode_image
+from tcl.model import Grounder, GrounderConfig
+from tcl.segment import Segmenter
 
 TEXTS = ["a red star", "a blue circle", "grass", "sky", "water"]
 timings: dict[str, list[float]] = {}  # the service's Server-Timing parts (ms) of the last load()
@@ -104,7 +101,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from serve.app import build_app
+    from tcl.ray.serve import build_app
 
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)

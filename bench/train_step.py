@@ -31,18 +31,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from collections import defaultdict
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from tcl.clip import CLIPConfig, FrozenCLIP, resolve  # noqa: E402
-from tcl.model import TCL, Grounder, GrounderConfig, TCLConfig  # noqa: E402
-from tcl.training import OptimConfig, param_groups  # noqa: E402
+from tcl.clip import CLIPConfig, FrozenCLIP, resolve
+from tcl.model import TCL, Grounder, GrounderConfig, TCLConfig
+from tcl.training import OptimConfig, param_groups
 
 PAPER_SAMPLES_PER_GPU = 50000 * 1024 / (12 * 3600) / 16  # 74.1: 12 h on 16 V100s
 PARTS = ["frozen dense features", "frozen text embedding", "grounder forward", "grounder backward",

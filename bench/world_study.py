@@ -19,18 +19,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from tcl import config as config_lib  # noqa: E402
-from tcl.clip import CLIPConfig, ContrastiveCLIP, FrozenCLIP, make_tokenizer, zero_shot_predictions  # noqa: E402
-from tcl.data import synthetic  # noqa: E402
-from tcl.training import TrainConfig, learning_rate, param_groups  # noqa: E402
+from tcl import config as config_lib
+from tcl.clip import CLIPConfig, ContrastiveCLIP, FrozenCLIP, make_tokenizer, zero_shot_predictions
+from tcl.data import synthetic
+from tcl.training import TrainConfig, learning_rate, param_groups
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,5 +1,5 @@
-"""A multi-node Ray cluster on this one machine, for development: a head and N worker nodes, each
-its own raylet with its own resources (Ray's cluster utilities, as Ray's own tests use them).
+"""A multi-node Ray cluster on this one machine, for development: a head and N worker nodes
+(tcl.ray.local_cluster).
 
     python scripts/local_cluster.py --workers 2 --cpus-per-worker 4
     # prints RAY_ADDRESS; in another shell:
@@ -15,21 +15,7 @@ import argparse
 import signal
 import time
 
-
-def start(workers: int = 2, head_cpus: int = 2, cpus_per_worker: int = 2, gpus_per_worker: int = 0):
-    """A running Cluster (ray.cluster_utils) with `workers` worker nodes; the caller owns it."""
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, "include_dashboard": False})
-    for _ in range(workers):
-        add_worker(cluster, cpus_per_worker, gpus_per_worker)
-    cluster.wait_for_nodes()
-    return cluster
-
-
-def add_worker(cluster, cpus: int = 2, gpus: int = 0):
-    return cluster.add_node(num_cpus=cpus, num_gpus=gpus, resources={"node_slot": 1})
-
+from tcl.ray import local_cluster
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,7 +23,7 @@ def main() -> None:
     p.add_argument("--head-cpus", type=int, default=2)
     p.add_argument("--cpus-per-worker", type=int, default=2)
     args = p.parse_args()
-    cluster = start(args.workers, args.head_cpus, args.cpus_per_worker)
+    cluster = local_cluster.start(args.workers, args.head_cpus, args.cpus_per_worker)
     print(f"head + {args.workers} worker nodes up: RAY_ADDRESS={cluster.address}  (Ctrl-C stops them)", flush=True)
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(True))

@@ -51,7 +51,7 @@ def save_grounder(directory: str, grounder: Grounder) -> None:
         save_file(_contiguous(grounder.clip.model.state_dict()), os.path.join(directory, CLIP_FILE))
         config = dataclasses.replace(config, clip=dataclasses.replace(config.clip, pretrained=CLIP_FILE))
     save_file(_contiguous(trainable_state_dict(grounder)), os.path.join(directory, GROUNDER_FILE))
-    _write_atomic(os.path.join(directory, CONFIG_FILE), json.dumps(config_lib.to_dict(config), indent=2))
+    storage.write_bytes_atomic(os.path.join(directory, CONFIG_FILE), json.dumps(config_lib.to_dict(config), indent=2).encode())
 
 
 def load_grounder_config(directory: str) -> GrounderConfig:
@@ -84,17 +84,6 @@ def resolve_checkpoint(path: str, cache_dir: str | None = None, **s3_options) ->
         if candidates:
             return os.path.dirname(candidates[-1])
     return path
-
-
-def checkpoint_for_workers(path: str) -> str:
-    """`path` as the jobs hand it to their Ray actors: a local checkpoint directory or run folder
-    resolved to an absolute checkpoint directory and checked to be one (a FileNotFoundError that
-    names the problem, raised once on the driver rather than in every actor); s3:// unchanged."""
-    if storage.is_s3(path):
-        return path
-    directory = os.path.abspath(resolve_checkpoint(path))
-    load_grounder_config(directory)
-    return directory
 
 
 def load_grounder(path: str, device: str | torch.device = "cpu", **s3_options) -> Grounder:
@@ -277,13 +266,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 __all__ = ["save_grounder", "load_grounder", "load_grounder_config", "trainable_state_dict", "import_official",

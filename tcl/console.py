@@ -43,6 +43,7 @@ class Progress:
         self.done = 0
         self.note = ""
         self._width = 0
+        self._printed = None  # the last line printed off a terminal
 
     def _line(self) -> str:
         elapsed = time.perf_counter() - self.start
@@ -62,7 +63,13 @@ class Progress:
                 self._draw()
         elif now - self.last_print >= self.every:
             self.last_print = now
-            say(self._line())
+            self._say()
+
+    def _say(self) -> None:
+        line = self._line()
+        if line != self._printed:
+            say(line)
+            self._printed = line
 
     def _draw(self) -> None:
         line = self._line()
@@ -81,4 +88,4 @@ class Progress:
             sys.stdout.write("\n")
             sys.stdout.flush()
         else:
-            say(self._line())
+            self._say()

@@ -10,23 +10,24 @@ protocol's mIoU exactly. jobs/evaluate.py distributes `sample_confusion` over a 
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
+import json
+import os
 import time
 from collections.abc import Iterable
 
 import numpy as np
 
-from tcl.data.benchmarks import Benchmark, Sample
+from tcl.data.benchmarks import BENCHMARKS, Benchmark, Sample
 from tcl.metrics import ConfusionMatrix, confusion_matrix
 from tcl.segment import Segmenter
 
-BACKGROUND_THRESHOLD = {True: 0.4, False: 0.5}  # with PAMR / without
-
-
 def protocol_overrides(benchmark: Benchmark, pamr: bool = True, baseline: bool = False) -> dict:
-    """Segmenter overrides for a data set: background threshold (or none), PAMR, and for the
-    baseline mode the frozen CLIP's dense features alone (KP weight 1: MaskCLIP, Table 2 row a)."""
-    overrides = {"pamr": pamr, "background_threshold": BACKGROUND_THRESHOLD[pamr] if benchmark.has_background else None}
+    """Segmenter overrides for a data set: the protocol's background threshold for this PAMR
+    setting (tcl.segment.BACKGROUND_THRESHOLD) or none, PAMR, and for the baseline mode the frozen
+    CLIP's dense features alone (KP weight 1: MaskCLIP, Table 2 row a)."""
+    overrides = {"pamr": pamr, "background_threshold": "auto" if benchmark.has_background else None}
     if baseline:
         overrides["kp_weight"] = 1.0
     return overrides
@@ -94,3 +95,69 @@ def evaluate(segmenter: Segmenter, benchmark: Benchmark, samples: Iterable[Sampl
         if progress and (i % 50 == 0 or i == len(samples)):
             print(f"  {benchmark.name}: {i}/{len(samples)} images, mIoU so far {100 * total.miou:.1f}", flush=True)
     return EvaluationResult(benchmark.name, benchmark.class_names, total, len(samples), time.perf_counter() - start)
+
+
+# ------------------------------------------------------------------ Table 1: the tables and charts of a run
+
+TABLE_ORDER = ("voc", "context", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k")  # the paper's columns
+
+
+def dataset_names(spec: str) -> list[str]:
+    """"all" -> the eight benchmarks in Table 1's order; else the comma-separated names (custom:FOLDER too)."""
+    if spec == "all":
+        return list(TABLE_ORDER)
+    return [name.strip() for name in spec.split(",") if name.strip()]
+
+
+def safe_name(dataset: str) -> str:
+    """A file name for a data set name (custom:FOLDER holds slashes)."""
+    return dataset.replace(":", "_").replace("/", "_")
+
+
+def title(dataset: str) -> str:
+    """Column title: the paper's name of a benchmark, or a custom set's folder name."""
+    return BENCHMARKS[dataset].title if dataset in BENCHMARKS else os.path.basename(dataset.rstrip("/"))
+
+
+def write_outputs(output: str, rows: dict[str, dict], method: str) -> str:
+    os.makedirs(output, exist_ok=True)
+    names = [n for n in TABLE_ORDER if n in rows] + [n for n in rows if n not in TABLE_ORDER]
+    scores = [100 * rows[n]["miou"] for n in names]
+    header = "| method | " + " | ".join(rows[n]["title"] for n in names) + " | avg |"
+    table = "\n".join([header, "|---|" + "---|" * (len(names) + 1),
+                       f"| {method} | " + " | ".join(f"{s:.1f}" for s in scores) + f" | {np.mean(scores):.1f} |"])
+    with open(os.path.join(output, "results.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(output, "results.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["dataset", "class", "iou"])
+        for n in names:
+            writer.writerow([n, "mIoU", f"{rows[n]['miou']:.6f}"])
+            for cls, iou in rows[n]["iou"].items():
+                writer.writerow([n, cls, "" if iou is None else f"{iou:.6f}"])
+    with open(os.path.join(output, "results.json"), "w") as f:
+        json.dump({"method": method, "datasets": rows, "average_miou": float(np.mean(scores))}, f, indent=2)
+    for n in names:
+        plot_class_iou(rows[n], os.path.join(output, f"iou-{safe_name(n)}.png"))
+    return table
+
+
+def plot_class_iou(row: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classes = [c for c, v in row["iou"].items() if v is not None]
+    values = [100 * row["iou"][c] for c in classes]
+    fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(classes)), 4))
+    ax.bar(range(len(classes)), values, color="tab:blue")
+    ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+    ax.set_ylabel("IoU (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{row['title']}: mIoU {100 * row['miou']:.1f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+

@@ -114,3 +114,15 @@ def encode_image(image: Image.Image, fmt: str = "PNG", quality: int = 95) -> byt
     else:
         image.save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+def normalize(images, mean, std):
+    """[B, 3, H, W] torch images, uint8 (0-255) or float in [0, 1] -> (x - mean) / std as float:
+    the model's input. mean and std are per-channel sequences for [0, 1] values (ImageNet's by
+    default, as the official TCL code uses for training and evaluation: GrounderConfig)."""
+    import torch
+
+    pixels = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    mean = torch.as_tensor(mean, dtype=pixels.dtype, device=pixels.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=pixels.dtype, device=pixels.device).view(1, -1, 1, 1)
+    return (pixels - mean) / std

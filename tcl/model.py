@@ -17,6 +17,7 @@ from torch import nn
 
 from tcl.clip import CLIPConfig, FrozenCLIP, project_tokens, self_only_attention_block
 from tcl.decoder import GroundingDecoder
+from tcl.images import normalize
 from tcl.losses import LossConfig, TCLLoss, gather_with_grad
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -54,8 +55,6 @@ class Grounder(nn.Module):
         self.mask_bias = nn.Parameter(torch.tensor(config.mask_init_bias))
         for module in (self.self_only_block, self.grounding_decoder, self.ln_post):
             module.requires_grad_(True)
-        self.register_buffer("image_mean", torch.tensor(config.image_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("image_std", torch.tensor(config.image_std).view(1, 3, 1, 1), persistent=False)
 
     @property
     def patch_size(self) -> int:
@@ -70,8 +69,8 @@ class Grounder(nn.Module):
         self.self_only_block.requires_grad_(trainable)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] RGB in [0, 1] -> model input."""
-        return (images - self.image_mean) / self.image_std
+        """[B, 3, H, W] RGB, uint8 or float in [0, 1] -> model input (tcl.images.normalize)."""
+        return normalize(images, self.config.image_mean, self.config.image_std)
 
     def grounded_embedding(self, penultimate: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """The grounder's dense embedding from CLIP's penultimate tokens. [B, C, h*4, w*4]."""

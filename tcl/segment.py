@@ -24,13 +24,30 @@ from tcl.pamr import PAMR
 ImageLike = Union[Image.Image, np.ndarray]
 
 
+# The background's constant score (Eq. 13): 0.4 with PAMR, 0.5 without, as the official evaluation
+# ("PAMR tends to reduce the foreground area": kakaobrain/tcl README and configs/eval.yml).
+BACKGROUND_THRESHOLD = {True: 0.4, False: 0.5}
+
+
+def background_threshold(setting: float | str | None, pamr: bool) -> float | None:
+    """The threshold a setting means: "auto" is the protocol's for this PAMR setting, None is no
+    background (every pixel gets one of the texts), a number is itself."""
+    if setting == "auto":
+        return BACKGROUND_THRESHOLD[bool(pamr)]
+    if setting is None:
+        return None
+    if isinstance(setting, bool) or not isinstance(setting, (int, float)) or not 0.0 <= setting <= 1.0:
+        raise ValueError(f"background_threshold must be a number in [0, 1], 'auto' or None, got {setting!r}")
+    return float(setting)
+
+
 @dataclasses.dataclass
 class SegmenterConfig:
     short_side: int = 448
     max_long_side: int = 2048
     window: int = 448
     stride: int = 224
-    background_threshold: float | None = 0.4  # None: every pixel gets one of the texts
+    background_threshold: float | str | None = "auto"  # see background_threshold(); None: every pixel gets a text
     pamr: bool = True
     pamr_iterations: int = 10
     pamr_dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24)
@@ -135,6 +152,13 @@ class Segmenter:
             self._pamr[key] = PAMR(*key).to(self.device)
         return self._pamr[key]
 
+    def class_names(self, texts: Sequence[str], **overrides) -> list[str]:
+        """The classes a call with these texts and overrides labels: "background" first when
+        there is a background threshold, then the texts."""
+        config = dataclasses.replace(self.config, **overrides) if overrides else self.config
+        threshold = background_threshold(config.background_threshold, config.pamr)
+        return (["background"] if threshold is not None else []) + list(texts)
+
     @torch.no_grad()
     def segment(
         self, images: ImageLike | Sequence[ImageLike], texts: Sequence[str], *, with_probabilities: bool = True, **overrides
@@ -165,12 +189,13 @@ class Segmenter:
         text_embedding = self.text_embeddings(union).to(self.device)
         scores = self.mask_scores([to_image_tensor(image) for image in images], text_embedding, config)
         results = []
+        threshold = background_threshold(config.background_threshold, config.pamr)
         for score, image_texts in zip(scores, texts):
             score = score[[column[t] for t in image_texts]]
             class_names = list(image_texts)
-            if config.background_threshold is not None:  # Eq. 13 with a constant background score
+            if threshold is not None:  # Eq. 13 with a constant background score
                 class_names = ["background", *class_names]
-                score = torch.cat([torch.full_like(score[:1], config.background_threshold), score])
+                score = torch.cat([torch.full_like(score[:1], threshold), score])
             results.append(Segmentation(
                 labels=score.argmax(dim=0).cpu().numpy(),
                 probabilities=score.cpu().numpy() if with_probabilities else None,

@@ -1,10 +1,6 @@
-"""Training: configs with the paper's defaults, the optimizer and schedule, and the Ray Train
-loop shared by TCL training (jobs/train.py) and tiny-CLIP pretraining (jobs/pretrain_clip.py).
-
-The loop only trains: the driver scripts wire resources, data and storage. Each worker reads its
-shard of the Ray Dataset, runs DDP, reports metrics every `log_every` steps and a checkpoint every
-`checkpoint_every` steps; a rerun with the same run name resumes from the latest checkpoint (Ray
-Train V2 restores its checkpoint manager from the run's storage).
+"""Training without Ray: configs with the paper's defaults, the optimizer's parameter groups and
+schedule, one optimisation step, the training state a checkpoint holds, metrics and their plot,
+and the two things the loop can train (TCL, or a CLIP). tcl.ray.train runs them on Ray Train.
 """
 from __future__ import annotations
 
@@ -12,8 +8,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
-import time
 from typing import Callable
 
 import torch
@@ -135,141 +129,99 @@ def plot_loss_curves(history: list[dict], path: str, title: str = "") -> None:
     plt.close(fig)
 
 
-# ------------------------------------------------------------------ the Ray Train loop
+# ------------------------------------------------------------------ one step
+
+def training_step(forward: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                  text_tokens: torch.Tensor, lr: float, autocast, grad_clip: float) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One AdamW step: losses of `forward(images, text_tokens)` (the model, or its DDP wrapper),
+    backward, gradient clipping over `model`'s trainable parameters. Returns (losses, grad norm)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with autocast:
+        losses = forward(images, text_tokens)
+    optimizer.zero_grad(set_to_none=True)
+    losses["total"].backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
+    optimizer.step()
+    return losses, grad_norm
+
+
+# ------------------------------------------------------------------ the training state of a checkpoint
 
 TRAINING_STATE = "training_state.pt"
 METRICS_FILE = "metrics.jsonl"
 
 
-@dataclasses.dataclass
-class Task:
-    """What the shared loop trains: TCL or a CLIP. `build` makes the module (on CPU), whose
-    forward(images, text_tokens) returns its losses with "total"; `save` writes the model files
-    of a checkpoint directory."""
-
-    build: Callable[[dict], nn.Module]
-    save: Callable[[nn.Module, str], None]
-    on_step: Callable[[nn.Module, int], bool] = lambda model, step: False  # True: trainable set changed
+class TrainingStateError(ValueError):
+    """A training checkpoint that cannot be resumed from; the message names the file and what is wrong."""
 
 
-def train_loop_per_worker(config: dict) -> None:
-    """Ray Train entry point. config: {"train": TrainConfig as dict, "task": name in TASKS}."""
-    import ray.train
-    from torch.nn.parallel import DistributedDataParallel
-
-    from tcl import config as config_lib
-
-    cfg = config_lib.from_dict(TrainConfig, config["train"])
-    task = TASKS[config["task"]]
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    device = torch.device("cuda", context.get_local_rank()) if cfg.run.use_gpu else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    torch.manual_seed(cfg.run.seed)
-
-    model = task.build(config["train"]).to(device)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=learning_rate(0, cfg.optim),
-                                  betas=cfg.optim.betas, eps=cfg.optim.eps)
-    step, history = 0, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as directory:
-            state = torch.load(os.path.join(directory, TRAINING_STATE), map_location=device, weights_only=True)
-            model.load_state_dict(state["model"], strict=False)
-            task.on_step(model, state["step"])  # trainable set of the step we resume at, before the optimizer state
-            optimizer.load_state_dict(state["optimizer"])
-            step = state["step"]
-            with open(os.path.join(directory, METRICS_FILE)) as f:
-                history = [json.loads(line) for line in f if line.strip()]
-        if rank == 0:
-            print(f"resumed from checkpoint at step {step}")
-    torch.manual_seed(cfg.run.seed + 1000 * rank + step)  # different Gumbel noise per worker and after resume
-    task.on_step(model, step)
-
-    def wrap(module: nn.Module) -> nn.Module:
-        if world_size == 1:
-            return module
-        return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
-
-    ddp_model = wrap(model)
-    per_worker_batch = cfg.optim.batch_size // world_size
-    local_log = os.path.join(tempfile.gettempdir(), "tcl-runs", cfg.run.name, METRICS_FILE) if rank == 0 else None
-    metrics_log = MetricsLog(local_log, history)
-    shard = ray.train.get_dataset_shard("train")
-    image_mean = torch.tensor(cfg.model.grounder.image_mean, device=device).view(1, 3, 1, 1)
-    image_std = torch.tensor(cfg.model.grounder.image_std, device=device).view(1, 3, 1, 1)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    window_start, data_wait, window_samples = time.perf_counter(), 0.0, 0
-
-    while step < cfg.optim.total_steps:
-        batches = shard.iter_torch_batches(batch_size=per_worker_batch, drop_last=True, device=device)
-        wait_start = time.perf_counter()
-        for batch in batches:
-            data_wait += time.perf_counter() - wait_start
-            if task.on_step(model, step):
-                ddp_model = wrap(model)  # DDP fixes its parameter set when built
-            if step == cfg.run.fail_at_step and rank == 0 and _first_failure(cfg):
-                os._exit(1)  # test-only: a worker dies; Ray Train restarts from the latest checkpoint
-            lr = learning_rate(step, cfg.optim)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            images = (batch["image"].float() / 255 - image_mean) / image_std  # uint8 from the data pipeline
-            with autocast:
-                losses = ddp_model(images, batch["text"])
-            optimizer.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.optim.grad_clip)
-            optimizer.step()
-            step += 1
-            window_samples += per_worker_batch * world_size
-
-            last = step >= cfg.optim.total_steps
-            if step % cfg.run.log_every == 0 or last:
-                elapsed = time.perf_counter() - window_start
-                record = {"step": step, "lr": lr, "grad_norm": float(grad_norm),
-                          **{f"loss/{k}": float(v.detach()) for k, v in losses.items()},
-                          "samples_per_s": window_samples / elapsed, "data_wait_fraction": data_wait / elapsed}
-                metrics_log.append(record)
-                if rank == 0:
-                    print(f"step {step}/{cfg.optim.total_steps} " + " ".join(
-                        f"{k.removeprefix('loss/')} {v:.4g}" for k, v in record.items() if k != "step"), flush=True)
-                window_start, data_wait, window_samples = time.perf_counter(), 0.0, 0
-                if step % cfg.run.checkpoint_every == 0 or last:
-                    _report_with_checkpoint(record, model, optimizer, step, metrics_log.history, task, rank)
-                else:
-                    ray.train.report(record)
-            if last:
-                break
-            wait_start = time.perf_counter()
+def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state without the frozen CLIP (which the config rebuilds)."""
+    return {k: v for k, v in model.state_dict().items() if ".clip." not in f".{k}"}
 
 
-def _report_with_checkpoint(record: dict, model: nn.Module, optimizer, step: int, history: list[dict], task: Task, rank: int) -> None:
-    import ray.train
-
-    if rank != 0:
-        ray.train.report(record)  # every worker reports the same number of times
-        return
-    with tempfile.TemporaryDirectory() as directory:
-        task.save(model, directory)
-        trainable = {k: v for k, v in model.state_dict().items() if ".clip." not in f".{k}"}
-        torch.save({"model": trainable, "optimizer": optimizer.state_dict(), "step": step}, os.path.join(directory, TRAINING_STATE))
-        with open(os.path.join(directory, METRICS_FILE), "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in history)
-        ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(directory))
+def save_training_state(directory: str, model: nn.Module, optimizer: torch.optim.Optimizer, step: int,
+                        history: list[dict], extra: dict | None = None) -> None:
+    """training_state.pt (trained weights, optimizer, step, `extra`) and metrics.jsonl into `directory`."""
+    torch.save({"model": trained_state(model), "optimizer": optimizer.state_dict(), "step": step, **(extra or {})},
+               os.path.join(directory, TRAINING_STATE))
+    with open(os.path.join(directory, METRICS_FILE), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in history)
 
 
-def _first_failure(cfg: TrainConfig) -> bool:
-    """True only the first time (a marker file in the local temp folder remembers)."""
-    marker = os.path.join(tempfile.gettempdir(), "tcl-runs", cfg.run.name, f"failed-at-{cfg.run.fail_at_step}")
-    if os.path.exists(marker):
-        return False
-    os.makedirs(os.path.dirname(marker), exist_ok=True)
-    open(marker, "w").close()
-    return True
+def load_training_state(directory: str, model: nn.Module, optimizer: torch.optim.Optimizer, task: "Task",
+                        device: torch.device) -> tuple[int, list[dict], dict]:
+    """Restore `model` and `optimizer` from a checkpoint directory, strictly: every trained
+    parameter and the optimizer's state must be there, with nothing unknown. Returns (step, metrics
+    history, the state's other entries). TrainingStateError names what is missing otherwise."""
+    path = os.path.join(directory, TRAINING_STATE)
+    if not os.path.isfile(path):
+        raise TrainingStateError(f"{path} is missing: not a training checkpoint")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - truncated or garbage files fail in several ways
+        raise TrainingStateError(f"{path} cannot be read: {type(error).__name__}: {str(error).splitlines()[0]}") from None
+    if not isinstance(state, dict):
+        raise TrainingStateError(f"{path} holds a {type(state).__name__}, not a training state")
+    missing = [k for k in ("model", "optimizer") if not state.get(k)] + ([] if isinstance(state.get("step"), int) else ["step"])
+    if missing:
+        raise TrainingStateError(f"{path} has no {', '.join(missing)} (empty or absent): it cannot resume a run")
+    expected = trained_state(model)
+    absent = sorted(set(expected) - set(state["model"]))
+    unknown = sorted(set(state["model"]) - set(expected))
+    wrong = [k for k in expected if k in state["model"] and state["model"][k].shape != expected[k].shape]
+    if absent or unknown or wrong:
+        raise TrainingStateError(f"{path} does not match the model: missing {absent[:6]}{'...' if len(absent) > 6 else ''}, "
+                                 f"unknown {unknown[:6]}, other shapes {wrong[:6]}")
+    model.load_state_dict(state["model"], strict=False)  # strict above, for the trained part; the CLIP is rebuilt
+    task.on_step(model, state["step"])  # the trainable set of that step, before the optimizer state
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError) as error:
+        raise TrainingStateError(f"{path}: the optimizer state does not fit this model: {error}") from None
+    history = []
+    metrics_path = os.path.join(directory, METRICS_FILE)
+    if os.path.isfile(metrics_path):
+        with open(metrics_path) as f:
+            history = [json.loads(line) for line in f if line.strip()]
+    extra = {k: v for k, v in state.items() if k not in ("model", "optimizer", "step")}
+    return int(state["step"]), history, extra
 
 
 # ------------------------------------------------------------------ tasks
+
+@dataclasses.dataclass
+class Task:
+    """What the loop trains: TCL or a CLIP. `build` makes the module (on CPU) from the TrainConfig
+    as a dict; its forward(images, text_tokens) returns its losses with "total". `save` writes the
+    model files of a checkpoint directory; `on_step` applies a schedule and says whether the
+    trainable set changed (a DDP wrapper is then rebuilt)."""
+
+    build: Callable[[dict], nn.Module]
+    save: Callable[[nn.Module, str], None]
+    on_step: Callable[[nn.Module, int], bool] = lambda model, step: False
+
 
 def _build_tcl(train_config: dict) -> nn.Module:
     from tcl import config as config_lib

@@ -1,49 +1,45 @@
+"""Fixtures. One local Ray instance serves every test that needs one (started by the first, shut
+down at the end of the session); the multi-node tests stop it while their own cluster runs.
+Tests that need Ray carry the `ray` marker, so `pytest -m "not ray"` is the fast unit loop."""
 import os
 
 import pytest
-import torch
 
-from tcl.clip import CLIPConfig, tiny_model_cfg
-from tcl.model import Grounder, GrounderConfig
+from tests.helpers import make_grounder
 
 pytest_plugins = ["tests.s3_server"]
 
-
-def tiny_grounder_config(**clip_overrides) -> GrounderConfig:
-    model_cfg = tiny_model_cfg(image_size=32, patch_size=8, width=32, layers=2, heads=2, embed_dim=32, context_length=16, text_width=32, text_layers=1)
-    return GrounderConfig(clip=CLIPConfig(model_name="tiny-test", pretrained=None, model_cfg=model_cfg, **clip_overrides))
+RAY_FIXTURES = {"ray_cluster", "cluster", "ray_head", "service"}
 
 
-def make_grounder(seed: int = 0) -> Grounder:
-    torch.manual_seed(seed)
-    return Grounder(tiny_grounder_config())
-
-
-def save_trained_looking_checkpoint(path: str, seed: int = 0) -> str:
-    """A tiny grounder whose decoder gates are open (as after training, so TCL differs from the
-    baseline), saved as a checkpoint directory."""
-    from tcl.checkpoint import save_grounder
-
-    grounder = make_grounder(seed)
-    with torch.no_grad():
-        for name, param in grounder.named_parameters():
-            if name.endswith("gate"):
-                param.fill_(0.5)
-    save_grounder(path, grounder)
-    return path
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)
 
 
 @pytest.fixture
-def grounder() -> Grounder:
+def grounder():
     return make_grounder()
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """A local Ray instance for a test module, with more logical CPUs than this machine's 2 cores
-    so that Ray Data and two training workers all get slots."""
-    import ray
-    os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
-    ray.init(num_cpus=8, include_dashboard=False, ignore_reinit_error=True)
+@pytest.fixture(scope="session")
+def _ray_session():
     yield
+    import ray
+
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(_ray_session):
+    """The session's local Ray instance (8 logical CPUs on this 2-core machine, so that Ray Data and
+    two training workers all get slots), started if it is not running."""
+    import ray
+
+    from tcl.ray import runtime
+
+    if not ray.is_initialized():
+        os.environ.pop("RAY_ADDRESS", None)
+        runtime.init(num_cpus=8)
+    yield

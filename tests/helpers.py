@@ -9,6 +9,16 @@ import torch
 from PIL import Image
 
 FIXTURES = Path(__file__).parent / "fixtures"
+REPO = Path(__file__).parent.parent
+TRAIN_CONFIG = str(REPO / "configs" / "synthetic.yaml")
+# a tiny TCL run: 2 CPU workers, a 32 px CLIP, a checkpoint every 2 steps
+TINY = [
+    "model.grounder.clip.model_cfg.vision_cfg={image_size: 32, patch_size: 8, width: 32, layers: 2, head_width: 16}",
+    "model.grounder.clip.model_cfg.text_cfg={context_length: 16, vocab_size: 49408, width: 32, heads: 2, layers: 1}",
+    "model.grounder.clip.model_cfg.embed_dim=32",
+    "data.image_size=32", "optim.batch_size=8", "optim.warmup_steps=2", "run.num_workers=2",
+    "run.cpus_per_worker=0.5", "run.log_every=2", "run.checkpoint_every=2",
+]
 OPENAI_VIT_B16_REPO = "timm/vit_base_patch16_clip_224.openai"  # open_clip's hf_hub entry for ViT-B-16 / openai
 
 
@@ -107,3 +117,57 @@ def make_layout(root: Path, name: str) -> dict[str, int]:
         (root / split_file).parent.mkdir(parents=True, exist_ok=True)
         (root / split_file).write_text("\n".join(keys) + "\n")
     return values
+
+
+# ------------------------------------------------------------------ tiny models, checkpoints, shards
+
+def tiny_grounder_config(**clip_overrides):
+    from tcl.clip import CLIPConfig, tiny_model_cfg
+    from tcl.model import GrounderConfig
+
+    model_cfg = tiny_model_cfg(image_size=32, patch_size=8, width=32, layers=2, heads=2, embed_dim=32, context_length=16,
+                               text_width=32, text_layers=1)
+    return GrounderConfig(clip=CLIPConfig(model_name="tiny-test", pretrained=None, model_cfg=model_cfg, **clip_overrides))
+
+
+def make_grounder(seed: int = 0):
+    from tcl.model import Grounder
+
+    torch.manual_seed(seed)
+    return Grounder(tiny_grounder_config())
+
+
+def save_trained_looking_checkpoint(path: str, seed: int = 0) -> str:
+    """A tiny grounder whose decoder gates are open (as after training, so TCL differs from the
+    baseline), saved as a checkpoint directory."""
+    from tcl.checkpoint import save_grounder
+
+    grounder = make_grounder(seed)
+    with torch.no_grad():
+        for name, param in grounder.named_parameters():
+            if name.endswith("gate"):
+                param.fill_(0.5)
+    save_grounder(path, grounder)
+    return path
+
+
+def write_shards(prefix: str, count: int, corrupt: int = 0, **s3) -> None:
+    """`count` random 40 px images with captions "a photo of thing i % 5", then `corrupt` broken rows."""
+    from tcl.data.shards import ShardWriter
+    from tcl.images import encode_image
+
+    rng = np.random.default_rng(0)
+    with ShardWriter(prefix, rows_per_shard=16, **s3) as writer:
+        for i in range(count):
+            image = Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+            writer.write(encode_image(image), f"a photo of thing {i % 5}")
+        for _ in range(corrupt):
+            writer.write(b"\x89PNG not really", "broken image")
+
+
+def tiny_train_config(shards: str, storage: str, name: str, *overrides: str):
+    """The TrainConfig of a tiny TCL run (TINY) on `shards`, stored in storage/name."""
+    from tcl import config as config_lib
+    from tcl.training import TrainConfig
+
+    return config_lib.load(TrainConfig, TRAIN_CONFIG, [f"data.shards={shards}", f"run.storage={storage}", f"run.name={name}", *TINY, *overrides])

@@ -16,7 +16,7 @@ from open_clip.transformer import QuickGELU
 
 from tcl.clip import CLIPConfig, FrozenCLIP
 from tcl.model import Grounder, GrounderConfig
-from tests.conftest import make_grounder
+from tests.helpers import make_grounder
 from tests.helpers import official_fixture, official_state, openai_vit_b16_hub_cache
 
 

@@ -13,8 +13,9 @@ import pytest
 from jobs import evaluate as evaluate_job
 from jobs import pipeline
 
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
-@pytest.mark.slow
+
 def test_trained_checkpoint_beats_the_baseline_mode(tmp_path):
     import ray
 

@@ -9,9 +9,9 @@ from jobs import evaluate as evaluate_job
 from tcl.checkpoint import save_grounder
 from tcl.data import synthetic
 from tcl.data.benchmarks import open_custom
-from tcl.evaluation import evaluate
+from tcl.evaluation import evaluate, safe_name
 from tcl.segment import Segmenter
-from tests.conftest import make_grounder
+from tests.helpers import make_grounder
 
 
 def test_two_actors_give_the_single_process_confusion_matrix(ray_cluster, tmp_path):
@@ -42,7 +42,7 @@ def test_two_actors_give_the_single_process_confusion_matrix(ray_cluster, tmp_pa
     assert (tmp_path / "out" / "results.csv").read_text().count("mIoU") == 2
     assert len(list((tmp_path / "out").glob("iou-*.png"))) == 2
     for root in sets.values():  # --overlays 4 (the default): the first four images of each set
-        pictures = sorted((tmp_path / "out" / "overlays" / evaluate_job.safe_name(f"custom:{root}")).glob("*.png"))
+        pictures = sorted((tmp_path / "out" / "overlays" / safe_name(f"custom:{root}")).glob("*.png"))
         assert [p.stem for p in pictures] == [s.key for s in open_custom(root).samples[:4]]
         with Image.open(pictures[0]) as picture:
             assert picture.width > 2 * 32 and picture.height >= 32  # prediction and ground truth side by side

@@ -10,7 +10,7 @@ from tcl.data.benchmarks import open_custom
 from tcl.evaluation import evaluate, predict_labels, protocol_overrides, sample_confusion
 from tcl.metrics import confusion_matrix
 from tcl.model import Grounder, GrounderConfig
-from tcl.segment import Segmenter, SegmenterConfig
+from tcl.segment import Segmenter, SegmenterConfig, background_threshold
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +34,9 @@ def sets(tmp_path_factory):
 def test_protocol_overrides_follow_the_official_thresholds(sets):
     things, stuff = sets["shapes-things"], sets["shapes-stuff"]
     assert things.has_background and not stuff.has_background
-    assert protocol_overrides(things) == {"pamr": True, "background_threshold": 0.4}
-    assert protocol_overrides(things, pamr=False) == {"pamr": False, "background_threshold": 0.5}
+    assert protocol_overrides(things) == {"pamr": True, "background_threshold": "auto"}
+    assert protocol_overrides(things, pamr=False) == {"pamr": False, "background_threshold": "auto"}
+    assert background_threshold("auto", True) == 0.4 and background_threshold("auto", False) == 0.5  # the official values
     assert protocol_overrides(stuff) == {"pamr": True, "background_threshold": None}
     assert protocol_overrides(stuff, baseline=True)["kp_weight"] == 1.0
     assert list(things.prompt_names) == list(synthetic.SHAPES)  # background is the threshold, never a prompt

@@ -27,7 +27,7 @@ import time
 import pytest
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from tests.test_train import CONFIG, TINY, write_shards
+from tests.helpers import TINY, TRAIN_CONFIG as CONFIG, write_shards
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")

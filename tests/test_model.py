@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from tcl.clip import CLIPConfig, FrozenCLIP, interpolate_positional_embedding, self_only_attention_block, tiny_model_cfg
 from tcl.decoder import GroundingDecoder
 from tcl.model import TCL, TCLConfig
-from tests.conftest import make_grounder, tiny_grounder_config
+from tests.helpers import make_grounder, tiny_grounder_config
 
 
 @pytest.mark.parametrize("size", [(32, 32), (48, 32), (40, 72), (16, 8)])

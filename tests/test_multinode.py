@@ -3,7 +3,6 @@ cluster utilities), each worker node with one `node_slot` so that one training w
 replica lands on each. Nodes are stopped midway (without a graceful shutdown, as a lost machine)."""
 import json
 import os
-import sys
 import threading
 import time
 
@@ -16,15 +15,12 @@ from tcl.data.benchmarks import open_custom
 from tcl.data.shards import ShardWriter
 from tcl.images import encode_image
 from tcl.evaluation import evaluate
+from tcl.ray import local_cluster
 from tcl.segment import Segmenter
-from tests.conftest import save_trained_looking_checkpoint
+from tests.helpers import save_trained_looking_checkpoint
 from tests.s3_server import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "scripts"))
-sys.path.insert(0, os.path.join(REPO, "jobs"))
-
-import local_cluster  # noqa: E402
 
 PROTOCOL = {"short_side": 32, "window": 32, "stride": 16}
 PROTOCOL_ARGS = ["--short-side", "32", "--window", "32", "--stride", "16"]
@@ -32,12 +28,14 @@ SLOT = '{"node_slot": 1}'
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(_ray_session):
     import ray
 
-    os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
+    from tcl.ray import runtime
+
+    ray.shutdown()  # the session's single-node instance; the next test that needs it starts it again
     cluster = local_cluster.start(workers=2, head_cpus=3, cpus_per_worker=2)
-    ray.init(address=cluster.address)
+    runtime.init(address=cluster.address)
     yield cluster
     ray.shutdown()
     cluster.shutdown()
@@ -69,8 +67,8 @@ def wait_for(condition, timeout: float, what: str):
 
 
 def test_training_one_worker_per_node_survives_a_lost_node(cluster, tmp_path):
-    import train as train_job
-    from tests.test_train import CONFIG, TINY, write_shards
+    from jobs import train as train_job
+    from tests.helpers import TINY, TRAIN_CONFIG as CONFIG, write_shards
 
     write_shards(str(tmp_path / "shards"), 64)
     argv = ["--config", CONFIG, f"data.shards={tmp_path / 'shards'}", f"run.storage={tmp_path / 'runs'}", "run.name=multi",
@@ -141,7 +139,7 @@ def test_serve_with_a_replica_per_node_keeps_answering_when_one_node_is_lost(clu
     import requests
     from ray import serve
 
-    from serve.app import SegmentationService
+    from tcl.ray.serve import SegmentationService
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

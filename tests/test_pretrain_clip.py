@@ -11,7 +11,7 @@ from tcl.clip import CLIP_WEIGHTS_FILE, CLIPConfig, ContrastiveCLIP, FrozenCLIP,
 from tcl.data import synthetic
 from tcl.data.shards import ShardWriter
 from tcl.images import encode_image
-from tests.test_train import CONFIG, TINY
+from tests.helpers import TINY, TRAIN_CONFIG as CONFIG
 
 SMALL = tiny_model_cfg(image_size=32, width=32, layers=2, embed_dim=32, text_width=32, context_length=16)
 

@@ -62,8 +62,16 @@ def test_background_threshold(grounder):
     assert weak.any() and (~weak).any()
     assert (with_bg.labels[weak] == 0).all()
     assert np.array_equal(with_bg.labels[~weak], plain.labels[~weak] + 1)
-    [everything] = segmenter.segment(image, texts, background_threshold=1.01)
+    [everything] = segmenter.segment(image, texts, background_threshold=1.0)  # mask scores are sigmoids, below 1
     assert (everything.labels == 0).all()
+    # "auto" is the protocol's threshold for the PAMR setting: 0.4 with PAMR, 0.5 without
+    for pamr, value in ((True, 0.4), (False, 0.5)):
+        [auto] = segmenter.segment(image, texts, pamr=pamr)
+        [explicit] = segmenter.segment(image, texts, pamr=pamr, background_threshold=value)
+        assert np.array_equal(auto.labels, explicit.labels) and np.allclose(auto.probabilities[0], value)
+    for bad in (1.5, -0.1, True, "0.4"):
+        with pytest.raises(ValueError, match="background_threshold must be"):
+            segmenter.segment(image, texts, background_threshold=bad)
 
 
 def test_batched_call_equals_one_image_at_a_time(grounder):

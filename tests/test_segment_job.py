@@ -15,10 +15,11 @@ from PIL import Image
 
 from jobs import segment as segment_job
 from tcl import storage
+from tcl.batch import output_name
 from tcl.data.shards import ShardWriter
 from tcl.images import encode_image
 from tcl.segment import Segmenter
-from tests.conftest import save_trained_looking_checkpoint
+from tests.helpers import save_trained_looking_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROTOCOL = ["--short-side", "32", "--window", "32", "--stride", "16"]
@@ -43,7 +44,7 @@ def read_index(output: str) -> list[dict]:
 
 def test_output_names_stay_inside_the_output_folder_and_are_unique():
     keys = ["../../etc/passwd", "a/./b.png", "a/b.png", "a/b.jpg", "/abs/x.png", "sp ace/ü.png", "..", "a\\..\\..\\c.png"]
-    names = [segment_job.output_name(k) for k in keys]
+    names = [output_name(k) for k in keys]
     assert len(set(names)) == len(keys)
     for name in names:
         assert not name.startswith("/") and ".." not in name.split("/")
@@ -75,7 +76,7 @@ def test_folder_with_corrupt_images(ray_cluster, checkpoint, tmp_path):
         assert (row["width"], row["height"]) == (expected.labels.shape[1], expected.labels.shape[0])
         for i, name in enumerate(["background", *TEXTS.split(",")]):
             assert row[f"fraction/{name}"] == pytest.approx(np.mean(expected.labels == i))
-        assert os.path.isfile(tmp_path / "out" / "overlays" / (segment_job.output_name(key) + ".png"))
+        assert os.path.isfile(tmp_path / "out" / "overlays" / (output_name(key) + ".png"))
     errors = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
     assert sorted(e["key"] for e in errors) == ["broken.png", "sub/truncated.jpg"]
     assert all(e["reason"] for e in errors)
@@ -139,7 +140,7 @@ def test_s3_input_and_output(ray_cluster, checkpoint, s3_server):
     assert sum(k.startswith("masks/labels/") for k in keys) == 4 and "masks/errors.jsonl" in keys
     direct = Segmenter.from_checkpoint(checkpoint, short_side=32, window=32, stride=16)
     [expected] = direct.segment(picture(202), TEXTS.split(","))
-    label = storage.read_bytes(storage.join(output, "labels", segment_job.output_name("p2.png") + ".png"))
+    label = storage.read_bytes(storage.join(output, "labels", output_name("p2.png") + ".png"))
     with Image.open(io.BytesIO(label)) as label_map:
         assert np.array_equal(np.asarray(label_map), expected.labels)
 
@@ -149,15 +150,18 @@ def test_segmenter_flags_name_the_protocol_defaults_and_override_only_what_is_gi
     import dataclasses
     import re
 
-    from jobs.common import FIELDS, add_segmenter_arguments, segmenter_overrides
+    from tcl.cli import SEGMENTER_FLAGS, add_segmenter_arguments, segmenter_overrides
     from tcl.segment import SegmenterConfig
 
     parser = argparse.ArgumentParser()
     add_segmenter_arguments(parser)
-    helps = {a.dest: a.help for a in parser._actions if a.dest in FIELDS}
-    assert set(helps) == set(FIELDS)
+    helps = {a.dest: a.help for a in parser._actions if a.dest in SEGMENTER_FLAGS}
+    assert set(helps) == set(SEGMENTER_FLAGS)
     defaults = dataclasses.asdict(SegmenterConfig())
     assert {dest: int(re.search(r"default: (\d+)", text).group(1)) for dest, text in helps.items()} == \
         {dest: defaults[dest] for dest in helps}
-    assert segmenter_overrides(parser.parse_args([])) == {}
-    assert segmenter_overrides(parser.parse_args(["--window", "32", "--stride", "16"])) == {"window": 32, "stride": 16}
+    assert segmenter_overrides(parser.parse_args([])) == {"pamr": True, "background_threshold": "auto"}
+    assert segmenter_overrides(parser.parse_args(["--no-pamr", "--window", "64", "--background-threshold", "none"])) == \
+        {"window": 64, "pamr": False, "background_threshold": None}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--background-threshold", "1.5"])

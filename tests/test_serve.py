@@ -13,7 +13,7 @@ from PIL import Image
 from tcl.images import encode_image
 from tcl.encoding import run_length_decode
 from tcl.segment import Segmenter
-from tests.conftest import save_trained_looking_checkpoint
+from tests.helpers import save_trained_looking_checkpoint
 from tests.s3_server import free_port
 
 PROTOCOL = {"short_side": 32, "window": 32, "stride": 16}
@@ -33,7 +33,7 @@ def checkpoint(tmp_path_factory):
 def service(ray_cluster, checkpoint):
     from ray import serve
 
-    from serve.app import build_app
+    from tcl.ray.serve import build_app
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -224,13 +224,13 @@ def test_serve_configs_are_valid_for_ray_and_for_the_app(config):
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
-    from serve.app import SegmentationService, build_app
+    from tcl.ray.serve import SegmentationService, build_app
 
     with open(os.path.join(os.path.dirname(__file__), "..", config)) as f:
         raw = yaml.safe_load(f)
     schema = ServeDeploySchema.model_validate(raw)  # Ray's own schema: a wrong key fails here
     [application] = schema.applications
-    assert application.import_path == "serve.app:build_app"
+    assert application.import_path == "tcl.ray.serve:build_app"
     assert [d.name for d in application.deployments] == ["SegmentationService"]
     inspect.signature(SegmentationService.func_or_class.__init__).bind(None, **application.args)  # the app takes these args
     build_app(application.args)

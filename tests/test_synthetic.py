@@ -216,7 +216,7 @@ def test_object_captions_name_only_the_shapes_plainly():
     """The tiny CLIP's first stage (jobs/pipeline.py OBJECT_CAPTIONS): every caption names the
     largest shape, with nothing but shapes, counts and joining words; and it describes the same
     scenes as the web-like captions."""
-    from jobs.pipeline import OBJECT_CAPTIONS
+    from tcl.ray.pipeline import OBJECT_CAPTIONS
 
     plain = synthetic.scene_config(OBJECT_CAPTIONS)
     assert (plain.background_caption, plain.caption_noise, plain.colour_mention, plain.stuff_mention) == (0, False, 0, 0)

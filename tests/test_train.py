@@ -1,42 +1,18 @@
 """Ray Train: 2 CPU workers, checkpoints, resume, a killed worker, S3 storage."""
 import json
-import os
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "jobs"))
-
-import train as train_job  # noqa: E402
-from tcl.data.shards import ShardWriter
-from tcl.images import encode_image  # noqa: E402
-from tcl.segment import Segmenter  # noqa: E402
-
-TINY = [
-    "model.grounder.clip.model_cfg.vision_cfg={image_size: 32, patch_size: 8, width: 32, layers: 2, head_width: 16}",
-    "model.grounder.clip.model_cfg.text_cfg={context_length: 16, vocab_size: 49408, width: 32, heads: 2, layers: 1}",
-    "model.grounder.clip.model_cfg.embed_dim=32",
-    "data.image_size=32", "optim.batch_size=8", "optim.warmup_steps=2", "run.num_workers=2",
-    "run.cpus_per_worker=0.5", "run.log_every=2", "run.checkpoint_every=2",
-]
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic.yaml")
-
-
-def write_shards(prefix: str, count: int, corrupt: int = 0, **s3) -> None:
-    rng = np.random.default_rng(0)
-    with ShardWriter(prefix, rows_per_shard=16, **s3) as writer:
-        for i in range(count):
-            image = Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
-            writer.write(encode_image(image), f"a photo of thing {i % 5}")
-        for i in range(corrupt):
-            writer.write(b"\x89PNG not really", "broken image")
+from jobs import train as train_job
+from tcl.ray.train import fit
+from tcl.segment import Segmenter
+from tests.helpers import TINY, TRAIN_CONFIG as CONFIG, tiny_train_config, write_shards
 
 
 def run(tmp_path, name: str, *overrides: str) -> dict:
-    return train_job.main(["--config", CONFIG, f"data.shards={tmp_path / 'shards'}", f"run.storage={tmp_path / 'runs'}",
-                           f"run.name={name}", *TINY, *overrides])
+    return fit(tiny_train_config(str(tmp_path / "shards"), str(tmp_path / "runs"), name, *overrides))
 
 
 def history(tmp_path, name: str) -> list[dict]:

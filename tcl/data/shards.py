@@ -1,51 +1,26 @@
 """Training shards: the contract between shard writers (jobs/make_shards.py, img2dataset) and training.
 
-Layout
-------
-A shard set is a folder or ``s3://`` prefix of Parquet files ``shard-00000.parquet``, ... Each row is
-one image-text pair: an encoded image column (JPEG/PNG/WebP bytes, anything Pillow opens) and a
-caption column (str). Default names follow img2dataset (``jpg``, ``txt``, with ``caption`` accepted
-when ``txt`` is absent), so img2dataset Parquet output is read unchanged. ``ShardWriter`` also writes
-a ``key`` column; readers ignore extra columns. Row groups are small (256 rows by default) so Ray
-Data can stream a shard in pieces instead of holding whole files; image bytes are stored
-uncompressed (they are compressed already), captions with zstd.
+Layout: a folder or ``s3://`` prefix of Parquet files ``shard-00000.parquet``, ... Each row is one
+image-text pair: an encoded image column (JPEG/PNG/WebP bytes, anything Pillow opens) and a caption
+column. Default names follow img2dataset (``jpg``, ``txt``, with ``caption`` accepted when ``txt``
+is absent), so img2dataset's Parquet output reads unchanged; other names are configurable.
+``ShardWriter`` also writes a ``key`` column. Row groups are small (256 rows) so that a reader can
+stream a shard in pieces; image bytes are stored uncompressed (they are compressed already).
 
-Reading
--------
-``read_shards`` returns a Ray Dataset with exactly two canonical columns, ``image`` (bytes) and
-``caption`` (str). File order is shuffled, reseeded on every execution (= every epoch), which is
-the cheap part of shuffling; add ``random_shuffle``/``local_shuffle_buffer_size`` downstream for rows.
+``ImageTextTransform`` turns a batch of rows into training input: ``image`` uint8 [B, 3, S, S]
+(decoded by tcl.images, randomly resized and cropped) and ``text`` int64 [B, L] (tokens).
+Normalisation happens on the training device: uint8 is a quarter of the bytes of float32.
 
-Transform
----------
-``ImageTextTransform`` is a ``map_batches`` callable (``batch_format="numpy"``) producing
-``image`` uint8 [B, 3, H, W] and ``text`` int64 [B, L] (tokens). Normalisation (ImageNet mean and
-std by default, ``GrounderConfig.image_mean/std``) happens on the training device: uint8 is a
-quarter of the bytes that float32 would push through Ray's object store.
+Augmentation: the official code trains with the DeiT/timm pipeline (RandomResizedCrop scale
+(0.08, 1), RandAugment, ColorJitter 0.4, RandomErasing 0.25, horizontal flips). We keep the random
+resized crop (bilinear; the scale is configurable, since tiny synthetic images need e.g. (0.5, 1))
+and leave out, on purpose: flips (captions may say "left" or "right"), and RandAugment, colour
+jitter and erasing (captions name colours and objects, which these change or remove; and they cost
+CPU the data pipeline does not have). To add one, apply it in ``ImageTextTransform._augment``.
 
-Augmentation kept from the official TCL code: the official code trains with the DeiT/timm pipeline
-(RandomResizedCrop scale (0.08, 1) with bicubic resampling, RandAugment rand-m9-mstd0.5-inc1,
-ColorJitter 0.4, RandomErasing 0.25; timm's pipeline also flips horizontally by default). We keep
-only the random resized crop (bilinear, which is cheaper; scale configurable because tiny synthetic
-images need e.g. (0.5, 1.0) or the crop loses the object) and the ImageNet normalisation.
-Left out on purpose:
-
-* horizontal flip: captions may say "left"/"right", a flip would make them wrong;
-* RandAugment, colour jitter, random erasing: colour words ("a red car") are exactly what the text
-  grounds on, erasing removes the object a caption names, and all three cost CPU that the data
-  pipeline does not have to spare. To add one later, apply it to the PIL image in
-  ``ImageTextTransform._augment`` (it sees one image at a time, after the crop).
-
-Corrupt images
---------------
-Rows whose image cannot be decoded (None, zero bytes, garbage, truncated, zero-size, decompression
-bomb) or whose caption is missing are DROPPED from the batch, never raised. They are counted in a
-``SkipCounter``: a tiny Ray actor (0 CPUs) created by the driver and handed to the transform. Why an
-actor and not an extra ``corrupt_skipped`` column: a column can only carry a count on rows that
-survive, so a batch in which every row is bad would lose its count, and a column is summed per
-consumer (per training worker) rather than globally. The actor is only called for batches that
-actually had bad rows, and the call is awaited so ``SkipCounter.total()`` is exact once a pass is
-over. Without a counter, skips are only logged (WARNING, with the reasons).
+Rows whose image does not decode, or that have no caption, are dropped from the batch and counted
+by reason in the transform's ``skip_counter`` (any object with ``add(dict)``; tcl.ray.data has one
+that counts across all Ray workers); without one they are logged.
 """
 
 from __future__ import annotations
@@ -179,7 +154,7 @@ def write_shards(rows: Iterable[tuple[bytes, str]], prefix: str, **writer_kwargs
 # --------------------------------------------------------------------------------------------------
 # reading
 
-def _pick_column(names: Sequence[str], wanted: str | None, defaults: Sequence[str], what: str, where: str) -> str:
+def pick_column(names: Sequence[str], wanted: str | None, defaults: Sequence[str], what: str, where: str) -> str:
     if wanted is not None:
         if wanted not in names:
             raise ValueError(f"{what} column {wanted!r} not found in {where}; columns found: {list(names)}")
@@ -213,118 +188,9 @@ def resolve_columns(
     fs, path = storage.resolve(first, endpoint_url=endpoint_url)
     names = pq.read_schema(path, filesystem=fs).names
     return (
-        _pick_column(names, image_column, DEFAULT_IMAGE_COLUMNS, "image", first),
-        _pick_column(names, caption_column, DEFAULT_CAPTION_COLUMNS, "caption", first),
+        pick_column(names, image_column, DEFAULT_IMAGE_COLUMNS, "image", first),
+        pick_column(names, caption_column, DEFAULT_CAPTION_COLUMNS, "caption", first),
     )
-
-
-def read_shards(
-    uri: str,
-    *,
-    image_column: str | None = None,
-    caption_column: str | None = None,
-    filesystem: Any = None,
-    shuffle_files: bool = True,
-    shuffle_files_seed: int | None = None,
-    endpoint_url: str | None = None,
-):
-    """Read Parquet shards as a Ray Dataset with canonical columns ``image`` (bytes), ``caption`` (str).
-
-    ``image_column``/``caption_column`` default to img2dataset names (``jpg``; ``txt`` then
-    ``caption``). File order is shuffled per execution (epoch); with ``shuffle_files_seed`` the
-    sequence of orders is reproducible. ``filesystem`` overrides the one ``tcl.storage`` resolves
-    (then ``uri`` must be a path within it, e.g. ``bucket/prefix``).
-    """
-    import ray.data
-    from ray.data import FileShuffleConfig
-
-    if filesystem is None:
-        files = find_shard_files(uri, endpoint_url=endpoint_url)
-        image_col, caption_col = resolve_columns(
-            uri, image_column=image_column, caption_column=caption_column, endpoint_url=endpoint_url
-        )
-        filesystem, _ = storage.resolve(files[0], endpoint_url=endpoint_url)
-        paths = [storage.resolve(f, endpoint_url=endpoint_url)[1] for f in files]
-    else:
-        info = filesystem.get_file_info(uri)
-        if info.type == pafs.FileType.File:
-            paths = [uri]
-        else:
-            sel = pafs.FileSelector(uri, recursive=True)
-            paths = sorted(
-                i.path for i in filesystem.get_file_info(sel)
-                if i.path.endswith(".parquet") and not i.base_name.startswith((".", "_"))
-            )
-        if not paths:
-            raise FileNotFoundError(f"no .parquet files under {uri}")
-        names = pq.read_schema(paths[0], filesystem=filesystem).names
-        image_col = _pick_column(names, image_column, DEFAULT_IMAGE_COLUMNS, "image", paths[0])
-        caption_col = _pick_column(names, caption_column, DEFAULT_CAPTION_COLUMNS, "caption", paths[0])
-
-    if not shuffle_files:
-        shuffle = None
-    elif shuffle_files_seed is not None:
-        shuffle = FileShuffleConfig(seed=shuffle_files_seed, reseed_after_execution=True)
-    else:
-        shuffle = "files"
-    # select_columns (not read_parquet(columns=...), deprecated in Ray 2.60) is pushed down to the reader.
-    # Ray 2.60's Parquet reader packs row groups into read tasks of up to 128 MiB whatever
-    # override_num_blocks says (measured), so the read granularity is not a parameter here.
-    ds = ray.data.read_parquet(paths, filesystem=filesystem, shuffle=shuffle).select_columns([image_col, caption_col])
-    renames = {c: n for c, n in ((image_col, "image"), (caption_col, "caption")) if c != n}
-    return ds.rename_columns(renames) if renames else ds
-
-
-# --------------------------------------------------------------------------------------------------
-# skip counting
-
-class _SkipCounterActor:
-    def __init__(self) -> None:
-        self.reasons: Counter[str] = Counter()
-
-    def add(self, reasons: dict[str, int]) -> None:
-        self.reasons.update(reasons)
-
-    def get(self) -> dict[str, int]:
-        return dict(self.reasons)
-
-    def reset(self) -> None:
-        self.reasons.clear()
-
-
-class SkipCounter:
-    """Counts rows dropped by ``ImageTextTransform``, by reason, across all Ray workers.
-
-    Create it in the driver (it owns the actor) and pass it to the transform; it pickles as a
-    handle. ``total()`` / ``by_reason()`` can be called from anywhere, e.g. the training loop.
-    """
-
-    def __init__(self, handle: Any = None):
-        if handle is None:
-            import ray
-            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-            # On the driver's own node: the count must outlive any worker node a run loses.
-            here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-            handle = ray.remote(num_cpus=0, scheduling_strategy=here)(_SkipCounterActor).remote()
-        self._handle = handle
-
-    def add(self, reasons: dict[str, int]) -> None:
-        import ray
-        # Awaited on purpose: it only happens for batches with bad rows, and it makes total() exact
-        # as soon as the batches that caused it have been produced.
-        ray.get(self._handle.add.remote(reasons))
-
-    def by_reason(self) -> dict[str, int]:
-        import ray
-        return ray.get(self._handle.get.remote())
-
-    def total(self) -> int:
-        return sum(self.by_reason().values())
-
-    def reset(self) -> None:
-        import ray
-        ray.get(self._handle.reset.remote())
 
 
 def reason_category(reason: str) -> str:
@@ -378,12 +244,7 @@ class ImageTextTransform:
 
     ``tokenizer`` is a callable ``list[str] -> [B, L]`` tensor/array (e.g. ``open_clip.get_tokenizer``)
     or an open_clip model name, in which case the tokenizer is built lazily inside each worker
-    (cheaper to ship than the 2 MB vocabulary).
-
-        counter = SkipCounter()
-        ds = read_shards(uri).map_batches(
-            ImageTextTransform("ViT-B-16", image_size=224, skip_counter=counter),
-            batch_format="numpy", batch_size=64)
+    (cheaper to ship than the 2 MB vocabulary). tcl.ray.data.training_dataset maps it over shards.
     """
 
     def __init__(
@@ -393,7 +254,7 @@ class ImageTextTransform:
         image_size: int = 224,
         scale: tuple[float, float] = (0.08, 1.0),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
-        skip_counter: SkipCounter | None = None,
+        skip_counter: Any = None,  # anything with add({reason: count}), e.g. tcl.ray.data.SkipCounter
     ):
         if not (0 < scale[0] <= scale[1] <= 1):
             raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
@@ -450,18 +311,3 @@ class ImageTextTransform:
             return {"image": np.zeros((0, 3, s, s), np.uint8), "text": self._tokenize([""])[:0]}
         images = np.ascontiguousarray(np.stack(pixels).transpose(0, 3, 1, 2))  # [B, 3, S, S] uint8
         return {"image": images, "text": self._tokenize(captions)}
-
-
-def load_train_dataset(
-    uri: str,
-    tokenizer: Tokenizer | str,
-    *,
-    image_size: int = 224,
-    scale: tuple[float, float] = (0.08, 1.0),
-    batch_size: int = 64,
-    skip_counter: SkipCounter | None = None,
-    **read_kwargs,
-):
-    """``read_shards`` + ``ImageTextTransform`` in one call: a Dataset of ``image``/``text`` rows."""
-    transform = ImageTextTransform(tokenizer, image_size=image_size, scale=scale, skip_counter=skip_counter)
-    return read_shards(uri, **read_kwargs).map_batches(transform, batch_format="numpy", batch_size=batch_size)

@@ -1,46 +1,18 @@
 """The synthetic world: the project's offline data set, where the ground truth is known.
 
-No weights or data sets can be downloaded here, so the project draws its own: scenes of one to
-three textured "stuff" regions (sky, grass, water, sand, brick, wood) with one or more shapes on
-top (SceneConfig.max_shapes: 2 in the main job, up to 4), each in a random colour with its class's
-own surface pattern (stars dotted, squares checked, ...), captioned like web alt-text ("a red
-star on the grass", "two rings and a heart", "brick wall"). Captions name the salient object or
-two, never everything, so grounding the words in the pixels is a real problem, as it is for web
-image-text pairs.
+No weights or data sets can be downloaded on the machines this project is built on, so it draws
+its own: scenes of one to three textured "stuff" regions (sky, grass, water, sand, brick, wood)
+with shapes on top, each in a random colour with its class's own surface pattern (stars dotted,
+squares checked, ...; real object classes have class-specific local appearance, which CLIP's
+dense features pick up), captioned like web alt-text ("a red star on the grass", "two rings and a
+heart", "brick wall"). Captions name the salient object or two, never everything, so grounding
+the words in the pixels is a real problem, as it is for web image-text pairs.
 
 Everything is drawn from a seeded numpy Generator: the same seed gives the same images, captions
-and label maps on every machine.
-
-Difficulty. How hard the world is decides whether a tiny CLIP learns it in minutes, so it is a
-config: SceneConfig (one knob a line, below). Every function that draws scenes takes one, and
-jobs/pipeline.py passes the same one to the shards, the evaluation sets and the zero-shot test.
-bench/world_study.py measures how learnable a setting is.
-
-What was measured (tiny ViT of configs/synthetic_clip.yaml: 64 px, patch 8, width 64, 4 layers).
-Supervised "name the largest shape", batch 128, 400 steps: the old world (1-4 shapes of 3-40%,
-30 degrees, full textures) 16%; one upright shape on flat grey 97%, freely rotated 55%; one
-upright shape on textured stuff 92%, random colours on grey 74%, random colours on texture 24%.
-Contrastive (the CLIP itself, bench/world_study.py), zero-shot naming of the largest shape: at
-chance (8-17%) after 400-1000 steps even for one upright shape on dull, low-contrast stuff,
-while the same CLIP names colours (99%) and stuff (81%) zero-shot: captions are explained by
-colour and stuff first, and shape is learnt last. A contrastive head against a table of 8
-class embeddings learns the shapes (61% at 400 steps), and so does the real text tower on plain
-"a star" captions (50%), but not once colour, ground or ground-only captions are in them (12-16%):
-hence the caption knobs, and the tiny CLIP's first stage on shape-only captions (jobs/pipeline.py
-OBJECT_CAPTIONS), which took it to about 50% in the main job.
-
-Markings. Plain-painted shapes differ only in their outline, which a patch of a tiny ViT does not
-see: a class-balanced linear probe on the frozen tiny CLIP's patch features segments
-shapes-things at 13-14 mIoU, and TCL on it gained 2 points over its baseline. Real object classes
-have class-specific local appearance (fur, wheels, leaves), which is what CLIP's dense features
-and TCL's masks pick up. So each shape class has its own surface pattern in its paint (MARKINGS,
-strength `shape_markings`), colour still random: the tiny CLIP's zero-shot accuracy rose from 62%
-to 91% (same two stages in one process), the linear probe to 23 mIoU, and TCL's gain on
-shapes-things from 2 to over 30 points (README).
-
-The defaults ease the world as far as it stays a real problem (two shapes, 10-40% of the image,
-at most 10 degrees of tilt, dull low-contrast stuff, no shape in the colour of its ground,
-marked shapes); the README gives the main job's figures with them.
+and label maps on every machine. How hard the world is decides whether a tiny CLIP learns it in
+minutes, so it is a config, `SceneConfig`; every function that draws scenes takes one, and the
+main job passes the same one to the shards, the evaluation sets and the zero-shot test. How the
+defaults were chosen, with the measurements: docs/experiments.md.
 
     python -m tcl.data.synthetic --preview preview.png          # a grid of scenes with captions
     python -m tcl.data.synthetic --eval-set shapes-things --output data/shapes-things --count 200
@@ -54,6 +26,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from tcl.cli import add_world_argument
 
 # The vocabulary (other tools rely on these exact words and their order).
 SHAPES = ("circle", "square", "triangle", "star", "heart", "cross", "ring", "crescent")
@@ -470,6 +444,23 @@ def single_object_images(count: int, seed: int, image_size: int = 64,
             yield scene.image, objects[0].shape
 
 
+def zero_shot_shape_accuracy(clip_config, mean: Sequence[float], std: Sequence[float], count: int = 400, seed: int = 12345,
+                             image_size: int = 64, world: SceneConfig | None = None) -> float:
+    """Top-1 accuracy of the CLIP `clip_config` describes at naming the largest shape of `count`
+    held-out single-object scenes of `world` (8 classes, the nine prompt templates TCL uses)."""
+    import torch
+
+    from tcl.clip import FrozenCLIP, zero_shot_predictions
+    from tcl.images import normalize
+
+    clip = FrozenCLIP(clip_config)
+    pairs = list(single_object_images(count, seed, image_size, world or SceneConfig()))
+    images = torch.from_numpy(np.stack([np.asarray(image) for image, _ in pairs])).permute(0, 3, 1, 2)
+    predictions = zero_shot_predictions(clip, normalize(images, mean, std), SHAPES)
+    labels = torch.tensor([SHAPES.index(shape) for _, shape in pairs])
+    return float((predictions == labels).float().mean())
+
+
 def preview(path: str, count: int = 16, seed: int = 0, image_size: int = 96, world: SceneConfig = SceneConfig()) -> str:
     """A grid of scenes, each with its caption and its shapes-stuff label map."""
     from tcl.visualize import label_png
@@ -496,8 +487,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--world", action="append", default=[], metavar="KEY=VALUE",
-                        help="a SceneConfig value, e.g. --world max_shapes=2 (repeatable; default: the main job's world)")
+    add_world_argument(parser)
     args = parser.parse_args(argv)
     world = scene_config(args.world)
     if args.preview:

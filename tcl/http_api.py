@@ -1,31 +1,27 @@
-"""TCL segmentation over HTTP: a Ray Serve deployment with a FastAPI ingress, around the same
-`tcl.segment.Segmenter` that evaluation and batch segmentation use.
+"""The HTTP API of the segmentation service, without Ray: limits, request parsing and answers.
 
-    serve run serve/config.yaml                      # the config's checkpoint, http://127.0.0.1:8000/
-    serve run serve.app:build_app checkpoint=outputs/pipeline/runs/synthetic-tcl
-    serve deploy serve/config.yaml                   # onto a running cluster
-
-Routes: POST /v1/segment (multipart upload or JSON with base64), GET /v1/health, GET /v1/info,
-GET / (a page to try the model). Concurrent requests are batched through the model whatever their
-texts (`@serve.batch` + `Segmenter.segment_each`); texts are embedded once and cached (LRU).
-Bad input answers 4xx with {"error": code, "message": ...} and the service keeps serving.
+POST /v1/segment takes a multipart upload (`image` file, `texts`, options) or JSON (`image` as
+base64 or a data URL); it answers a label-map PNG, an overlay PNG with a legend, or JSON with the
+per-text areas and the run-length encoded label map. Bad input raises `RequestError`, which the
+service answers with its status and {"error": code, "message": ...}. tcl.ray.serve is the Ray
+Serve deployment around these functions and tcl.segment.Segmenter.
 """
+from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import collections
 import dataclasses
 import json
-import os
-import time
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
-from ray import serve
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
 
-PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", "index.html")
+from tcl.encoding import pixel_fractions, run_length_encode
+from tcl.images import decode_image_with_reason, encode_image
+from tcl.segment import background_threshold
+from tcl.visualize import label_png, overlay_with_legend, palette
+
 FORMATS = ("json", "png", "overlay")
 OPTIONS = ("texts", "image", "background_threshold", "pamr", "format", "overlay")
 
@@ -93,24 +89,26 @@ MISSING = object()
 
 
 def parse_threshold(value: Any, pamr: bool) -> float | None:
-    """A score in [0, 1], or none/null (every pixel gets a text); when not given, 0.4 with PAMR and
-    0.5 without, as the paper's protocol."""
-    if value is MISSING or value == "":
-        return 0.4 if pamr else 0.5
+    """A score in [0, 1], or none/null (every pixel gets a text); when not given (or "auto"), the
+    protocol's for this PAMR setting (tcl.segment.BACKGROUND_THRESHOLD). Booleans are not numbers."""
+    if value is MISSING or value == "" or isinstance(value, str) and value.strip().lower() == "auto":
+        return background_threshold("auto", pamr)
     if value is None or isinstance(value, str) and value.strip().lower() in ("none", "null"):
         return None
-    try:
+    threshold = float("nan")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         threshold = float(value)
-    except (TypeError, ValueError):
-        threshold = float("nan")
+    elif isinstance(value, str):
+        try:
+            threshold = float(value.strip())
+        except ValueError:
+            pass
     if not 0.0 <= threshold <= 1.0:
-        raise RequestError(400, "bad_option", f"`background_threshold` must be a number in [0, 1] or none, got {value!r}")
+        raise RequestError(400, "bad_option", f"`background_threshold` must be a number in [0, 1], auto or none, got {value!r}")
     return threshold
 
 
 def decode_upload(data: bytes, limits: Limits):
-    from tcl.images import decode_image_with_reason
-
     image, reason = decode_image_with_reason(data, max_pixels=limits.max_pixels)
     if image is None:
         if reason.startswith("too large"):
@@ -174,10 +172,6 @@ async def read_request(request: Request, limits: Limits) -> SegmentRequest:
 
 def render(result, request: SegmentRequest) -> Response:
     """The answer in the requested format: label-map PNG, overlay PNG with legend, or JSON."""
-    from tcl.images import encode_image
-    from tcl.encoding import pixel_fractions, run_length_encode
-    from tcl.visualize import label_png, overlay_with_legend, palette
-
     names = result.class_names
     headers = {"X-Classes": json.dumps(names)}
     if request.format == "png":
@@ -197,99 +191,3 @@ def render(result, request: SegmentRequest) -> Response:
     return JSONResponse(body)
 
 
-# --------------------------------------------------------------------------------------------------
-# the deployment
-
-app = FastAPI(title="TCL segmentation", description="Text-grounded masks for free-form texts (TCL, Cha et al., CVPR 2023).")
-
-
-@app.exception_handler(RequestError)
-async def _request_error(_request: Request, error: RequestError) -> JSONResponse:
-    return JSONResponse({"error": error.code, "message": error.message}, status_code=error.status)
-
-
-@serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
-@serve.ingress(app)
-class SegmentationService:
-    def __init__(self, checkpoint: str, device: str | None = None, segmenter: dict | None = None, limits: dict | None = None,
-                 max_batch_size: int = 16, batch_wait_timeout_s: float = 0.005):
-        from tcl.segment import Segmenter
-
-        self.checkpoint = checkpoint
-        self.segmenter = Segmenter.from_checkpoint(checkpoint, device=device, **(segmenter or {}))
-        self.limits = Limits(**(limits or {}))
-        self.max_batch_size, self.batch_wait_timeout_s = max_batch_size, batch_wait_timeout_s
-        self._batch.set_max_batch_size(max_batch_size)
-        self.batch_sizes: collections.Counter[int] = collections.Counter()
-        self.in_flight = 0
-        with open(PAGE, encoding="utf-8") as f:
-            self.page = f.read()
-
-    @app.get("/", response_class=HTMLResponse)
-    async def page(self) -> HTMLResponse:
-        return HTMLResponse(self.page)
-
-    @app.get("/v1/health")
-    async def health(self) -> dict:
-        return {"status": "ok"}
-
-    @app.get("/v1/info")
-    async def info(self) -> dict:
-        grounder, config = self.segmenter.grounder, self.segmenter.config
-        return {
-            "model": "TCL", "checkpoint": self.checkpoint, "backbone": grounder.clip.config.model_name,
-            "device": str(self.segmenter.device), "limits": dataclasses.asdict(self.limits), "formats": list(FORMATS),
-            "protocol": {"short_side": config.short_side, "window": config.window, "stride": config.stride, "kp_weight": config.kp_weight},
-            "max_batch_size": self.max_batch_size, "batch_wait_timeout_s": self.batch_wait_timeout_s,
-            "batches": {str(size): count for size, count in sorted(self.batch_sizes.items())},
-            "text_cache": {"entries": len(self.segmenter.text_embeddings._cache), "misses": self.segmenter.text_embeddings.misses},
-        }
-
-    @app.post("/v1/segment")
-    async def segment(self, request: Request) -> Response:
-        start = time.perf_counter()
-        parsed = await read_request(request, self.limits)
-        parsed_at = time.perf_counter()
-        # A lone request never waits for company; with others in flight, a batch waits up to
-        # batch_wait_timeout_s for more requests (they reach the batch queue in a trickle while the
-        # model runs, so without the wait batches stay small under load).
-        self.in_flight += 1
-        self._batch.set_batch_wait_timeout_s(self.batch_wait_timeout_s if self.in_flight > 1 else 0.0)
-        try:
-            result = await self._batch(parsed)
-        finally:
-            self.in_flight -= 1
-        segmented_at = time.perf_counter()
-        response = render(result, parsed)
-        # where the time went, for clients and load tests (the Server-Timing header of browsers' dev tools)
-        response.headers["Server-Timing"] = ", ".join(
-            f"{name};dur={1000 * seconds:.2f}" for name, seconds in
-            (("parse", parsed_at - start), ("segment", segmented_at - parsed_at), ("render", time.perf_counter() - segmented_at)))
-        return response
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _batch(self, requests: list[SegmentRequest]) -> list:
-        self.batch_sizes[len(requests)] += 1
-        return await asyncio.to_thread(self._segment, requests)
-
-    def _segment(self, requests: list[SegmentRequest]) -> list:
-        """One model pass per distinct (PAMR, threshold) among the batch's requests; usually one."""
-        results: list = [None] * len(requests)
-        groups: dict[tuple, list[int]] = collections.defaultdict(list)
-        for i, r in enumerate(requests):
-            groups[(r.pamr, r.background_threshold)].append(i)
-        for (pamr, threshold), indices in groups.items():
-            out = self.segmenter.segment_each([requests[i].image for i in indices], [requests[i].texts for i in indices],
-                                              with_probabilities=False, pamr=pamr, background_threshold=threshold)
-            for i, result in zip(indices, out):
-                results[i] = result
-        return results
-
-
-def build_app(args: dict) -> serve.Application:
-    """Application builder for `serve run` / `serve deploy` (config args: checkpoint, device,
-    segmenter overrides, limits, max_batch_size, batch_wait_timeout_s)."""
-    args = dict(args)
-    if "checkpoint" not in args:
-        raise ValueError("serve app needs `checkpoint`: a TCL checkpoint directory or run folder, local or s3://")
-    return SegmentationService.bind(**args)
