@@ -26,7 +26,7 @@ from tcl.data.benchmarks import open_custom
 from tcl.evaluation import evaluate
 from tcl.model import Grounder, GrounderConfig
 from tcl.ray import runtime
-from tcl.ray.evaluate import EvaluationJob, evaluate_dataset
+from tcl.ray.evaluate import EvaluationJob, evaluate_datasets
 from tcl.segment import Segmenter
 
 
@@ -57,9 +57,9 @@ def main() -> None:
         job = EvaluationJob(checkpoint=os.path.join(tmp, "ckpt"), datasets=f"custom:{root}", output=os.path.join(tmp, "out"), segmenter=protocol)
         rows = [("plain loop, 1 thread", loop_rate, 1, True)]
         for actors in (1, 2):
-            evaluate_dataset(job, f"custom:{root}", job.checkpoint, actors, use_gpu=False)  # warm-up: Ray Data, imports
+            evaluate_datasets(job, [f"custom:{root}"], job.checkpoint, actors, use_gpu=False)  # warm-up: Ray Data, imports
             start = time.perf_counter()
-            _, confusion, run = evaluate_dataset(job, f"custom:{root}", job.checkpoint, actors, use_gpu=False)
+            [(_, confusion, run)] = evaluate_datasets(job, [f"custom:{root}"], job.checkpoint, actors, use_gpu=False)
             rate = args.images / (time.perf_counter() - start)
             same = (confusion.matrix == reference.confusion.matrix).all()
             rows.append((f"job, {actors} actor(s), end to end", rate, actors, same))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import hashlib
+import io
 import os
 import re
 import time
@@ -67,12 +68,90 @@ def _glob_base(pattern: str) -> str:
     return os.sep.join(fixed) or "."
 
 
-def list_sources(uri: str, s3: dict) -> list[dict]:
-    """[{key, source, row}]: an image file (row -1) or row `row` of a Parquet file."""
+def _glob_regex(pattern: str) -> re.Pattern:
+    """A glob relative to its base as a regex over '/'-separated paths: `**/` any folders (or
+    none), `*` and `?` within one name, [...] as in glob."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[":
+            end = pattern.find("]", i + 1)
+            if end < 0:
+                out.append(re.escape("["))
+                i += 1
+            else:
+                body = pattern[i + 1:end]
+                out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+                i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def walk_images(root: str) -> tuple[list[tuple[str, str]], list[dict]]:
+    """Image files under a local folder, by suffix, hidden names included: ([(key, path)], problems).
+    Symbolic links are followed and resolved, so each real file is listed once (under the first
+    key in sorted order) and a link back to a folder being walked is not entered again; links
+    to nothing, loops and folders with an image's name are problems: {key, source, reason}."""
+    found, problems, seen_files = [], [], set()
+
+    def visit(folder: str, prefix: str, ancestors: frozenset) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as error:
+            problems.append({"key": prefix.rstrip("/") or ".", "source": folder, "reason": f"unreadable folder: {error}"})
+            return
+        for entry in entries:
+            key, path = prefix + entry.name, entry.path
+            image_name = entry.name.lower().endswith(IMAGE_SUFFIXES)
+            if entry.is_symlink() and not os.path.exists(path):
+                if image_name:
+                    problems.append({"key": key, "source": path, "reason": f"a symbolic link to nothing ({os.readlink(path)})"})
+                continue
+            if entry.is_dir():
+                real = os.path.realpath(path)
+                if real in ancestors:
+                    problems.append({"key": key, "source": path, "reason": f"a symbolic link loop: it leads back to {real}"})
+                elif image_name:
+                    problems.append({"key": key, "source": path, "reason": "a folder, not an image file"})
+                else:
+                    visit(path, key + "/", ancestors | {real})
+            elif image_name and entry.is_file():
+                real = os.path.realpath(path)
+                if real not in seen_files:
+                    seen_files.add(real)
+                    found.append((key, os.path.abspath(path)))
+
+    root = os.path.abspath(root)
+    visit(root, "", frozenset({os.path.realpath(root)}))
+    return found, problems
+
+
+def list_sources(uri: str, s3: dict) -> tuple[list[dict], list[dict]]:
+    """([{key, source, row}], problems): an image file (row -1) or row `row` of a Parquet file, and
+    the inputs that cannot be sources ({key, source, reason}: broken links, loops, ...)."""
     if not storage.is_s3(uri) and glob.has_magic(uri):
         base = _glob_base(uri)
-        files = sorted(f for f in glob.glob(uri, recursive=True) if os.path.isfile(f))
-        return [{"key": os.path.relpath(f, base), "source": os.path.abspath(f), "row": -1} for f in files]
+        pattern = _glob_regex(os.path.relpath(uri, base).replace(os.sep, "/"))
+        files, problems = walk_images(base)
+        keep = [(key, path) for key, path in files if pattern.match(key)]
+        return ([{"key": key, "source": path, "row": -1} for key, path in keep],
+                [p for p in problems if pattern.match(p["key"])])
+    if not storage.is_s3(uri) and os.path.isdir(uri) and not storage.list_files(uri, (".parquet",)):
+        files, problems = walk_images(uri)
+        return [{"key": key, "source": path, "row": -1} for key, path in files], problems
     parquet = storage.list_files(uri, (".parquet",), **s3)
     if parquet:
         import pyarrow.parquet as pq
@@ -83,9 +162,9 @@ def list_sources(uri: str, s3: dict) -> list[dict]:
             rows = pq.ParquetFile(path, filesystem=fs).metadata.num_rows
             stem = os.path.splitext(_relative(file, uri))[0]
             sources += [{"key": f"{stem}/{row:07d}", "source": file, "row": row} for row in range(rows)]
-        return sources
-    files = storage.list_files(uri, IMAGE_SUFFIXES, **s3)
-    return [{"key": _relative(f, uri), "source": f, "row": -1} for f in files]
+        return sources, []
+    files = storage.list_files(uri, IMAGE_SUFFIXES, hidden=True, **s3)
+    return [{"key": _relative(f, uri), "source": f, "row": -1} for f in files], []
 
 
 def _relative(file: str, root: str) -> str:
@@ -193,7 +272,33 @@ def read_parts(folder: str, s3: dict) -> list[dict]:
 
 
 def done_keys(output: str, s3: dict) -> set[str]:
+    """Keys the index or the errors record."""
     return {r["key"] for part in ("index", "errors") for r in read_parts(storage.join(output, part), s3)}
+
+
+def committed_labels(output: str, s3: dict) -> set[str]:
+    """Output names (labels/<name>.png) whose label PNG is written: those images are done, whether
+    or not the index recorded them before a kill (the label PNG is each image's last write)."""
+    folder = storage.join(output, "labels")
+    if not storage.exists(folder, **s3):
+        return set()
+    prefix = folder.rstrip("/") + "/"
+    return {f[len(prefix):-len(".png")] for f in storage.list_files(folder, (".png",), hidden=True, **s3) if f.startswith(prefix)}
+
+
+def index_row_from_label(source: dict, output: str, class_names: list[str], s3: dict) -> dict:
+    """The index row of an image from its committed label PNG (for images done before a kill)."""
+    from PIL import Image
+
+    from tcl.encoding import pixel_fractions
+
+    label_path = storage.join(output, "labels", output_name(source["key"]) + ".png")
+    with Image.open(io.BytesIO(storage.read_bytes(label_path, **s3))) as image:
+        labels = np.asarray(image)
+    row = {"key": source["key"], "source": str(source["source"]), "label_path": label_path,
+           "width": int(labels.shape[1]), "height": int(labels.shape[0])}
+    row.update({f"fraction/{name}": value for name, value in pixel_fractions(labels, class_names).items()})
+    return row
 
 
 def remove_stale_temp_files(output: str) -> int:
@@ -222,6 +327,14 @@ class IndexWriter:
     @property
     def unreadable(self) -> int:
         return self.failed + len(self.errors)
+
+    def add_rows(self, rows: list[dict]) -> None:
+        self.rows += rows
+        self.flush()
+
+    def add_errors(self, errors: list[dict]) -> None:
+        self.errors += errors
+        self.flush()
 
     def add(self, batch: dict[str, np.ndarray]) -> None:
         for i, key in enumerate(batch["key"]):

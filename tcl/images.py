@@ -88,6 +88,15 @@ def decode_image_with_reason(data: Any, max_pixels: int | None = None) -> tuple[
         return None, f"broken: {type(error).__name__}: {error}"
 
 
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the image's header, without decoding it; None if it is no image."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except Exception:  # noqa: BLE001 - not an image: the decoder will say why
+        return None
+
+
 def decode_image(data: Any, max_pixels: int | None = None) -> Image.Image:
     """Encoded image bytes -> RGB image; ImageError naming the problem otherwise."""
     image, reason = decode_image_with_reason(data, max_pixels)

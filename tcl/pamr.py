@@ -49,12 +49,33 @@ class PAMR(nn.Module):
         logits = (-distance / (1e-8 + 0.1 * local_std)).mean(dim=1, keepdim=True)
         return logits.softmax(dim=2)
 
+    def _propagate(self, masks: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """One iteration: each value replaced by its neighbours' weighted average. [B, C, H, W].
+        Summed a dilation at a time, so the [B, C, 8, H, W] neighbour values of one dilation are
+        all that is held (not the 48 of all six)."""
+        batch, channels, height, width = masks.shape
+        flat = masks.reshape(batch * channels, 1, height, width)
+        kernels = self.neighbours.to(masks.dtype)
+        out = torch.zeros_like(masks)
+        for k, d in enumerate(self.dilations):
+            values = F.conv2d(F.pad(flat, [d] * 4, mode="replicate"), kernels, dilation=d).view(batch, channels, 8, height, width)
+            out += (values * weights[:, :, 8 * k:8 * (k + 1)]).sum(dim=2)
+        return out
+
     @torch.no_grad()
-    def forward(self, image: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """image [B, 3, H, W] (any resolution: resized to the masks'); masks [B, N, h, w] -> refined [B, N, h, w]."""
+    def forward(self, image: torch.Tensor, masks: torch.Tensor, chunk_elements: int = 1 << 23) -> torch.Tensor:
+        """image [B, 3, H, W] (any resolution: resized to the masks'); masks [B, N, h, w] -> refined
+        [B, N, h, w]. Texts are refined `chunk_elements` floats of neighbour values at a time, so
+        memory does not grow with the number of texts."""
         image = F.interpolate(image.float(), size=masks.shape[-2:], mode="bilinear", align_corners=True)
         weights = self.affinity(image)
         masks = masks.float()
-        for _ in range(self.num_iterations):
-            masks = (self._gather(masks, self.neighbours) * weights).sum(dim=2)
-        return masks
+        batch, channels, height, width = masks.shape
+        per_chunk = max(1, chunk_elements // (batch * 8 * height * width))
+        refined = []
+        for start in range(0, channels, per_chunk):
+            chunk = masks[:, start:start + per_chunk]
+            for _ in range(self.num_iterations):
+                chunk = self._propagate(chunk, weights)
+            refined.append(chunk)
+        return torch.cat(refined, dim=1) if len(refined) > 1 else refined[0]

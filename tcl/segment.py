@@ -53,6 +53,7 @@ class SegmenterConfig:
     pamr_dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24)
     kp_weight: float = 0.3  # 1.0 = the frozen-CLIP baseline (KP branch only)
     windows_per_batch: int = 16
+    max_window_texts: int = 1024  # windows x texts per model call, at most: bounds memory for many texts
     precision: str = "fp32"  # or "bf16" (autocast; GPU)
 
 
@@ -157,7 +158,7 @@ class Segmenter:
         there is a background threshold, then the texts."""
         config = dataclasses.replace(self.config, **overrides) if overrides else self.config
         threshold = background_threshold(config.background_threshold, config.pamr)
-        return (["background"] if threshold is not None else []) + list(texts)
+        return ([background_name(texts)] if threshold is not None else []) + list(texts)
 
     @torch.no_grad()
     def segment(
@@ -177,7 +178,11 @@ class Segmenter:
         """Segment image i into its own texts[i], all images in one pass: every text's mask is
         computed independently of the others (Eq. 5, the KP term and PAMR act per text), so the
         windows of all images go through the model together against the union of the texts, and
-        each image keeps its own texts' masks. How the server batches requests with different texts."""
+        each image keeps its own texts' masks. How the server batches requests with different texts.
+
+        Memory: the scores of an image are kept at the resized scale, for its own texts only; the
+        labels at the original size are computed a band of rows at a time. Only
+        `with_probabilities=True` holds [1 + N, H, W] floats at the original size."""
         config = dataclasses.replace(self.config, **overrides) if overrides else self.config
         if len(images) != len(texts):
             raise ValueError(f"{len(images)} images but {len(texts)} text lists")
@@ -187,32 +192,39 @@ class Segmenter:
         union = list(dict.fromkeys(t for image_texts in texts for t in image_texts))
         column = {text: i for i, text in enumerate(union)}
         text_embedding = self.text_embeddings(union).to(self.device)
-        scores = self.mask_scores([to_image_tensor(image) for image in images], text_embedding, config)
-        results = []
+        tensors = [to_image_tensor(image) for image in images]
+        columns = [[column[t] for t in image_texts] for image_texts in texts]
+        scores = self.resized_scores(tensors, text_embedding, columns, config)
         threshold = background_threshold(config.background_threshold, config.pamr)
-        for score, image_texts in zip(scores, texts):
-            score = score[[column[t] for t in image_texts]]
+        results = []
+        for score, image, image_texts in zip(scores, tensors, texts):
+            size = tuple(image.shape[-2:])
             class_names = list(image_texts)
-            if threshold is not None:  # Eq. 13 with a constant background score
-                class_names = ["background", *class_names]
-                score = torch.cat([torch.full_like(score[:1], threshold), score])
-            results.append(Segmentation(
-                labels=score.argmax(dim=0).cpu().numpy(),
-                probabilities=score.cpu().numpy() if with_probabilities else None,
-                class_names=class_names,
-            ))
+            if threshold is not None:
+                class_names = [background_name(image_texts), *class_names]
+            if with_probabilities:
+                score = upsample(score, size)
+                if threshold is not None:  # Eq. 13 with a constant background score
+                    score = torch.cat([torch.full_like(score[:1], threshold), score])
+                labels, probabilities = score.argmax(dim=0).cpu().numpy(), score.cpu().numpy()
+            else:
+                labels, probabilities = upsampled_labels(score, size, threshold).cpu().numpy(), None
+            results.append(Segmentation(labels=labels, probabilities=probabilities, class_names=class_names))
         return results
 
-    def mask_scores(self, images: list[torch.Tensor], text_embedding: torch.Tensor, config: SegmenterConfig) -> list[torch.Tensor]:
-        """Window-averaged mask scores at each image's original size. images: [3, H, W] uint8, or
-        float in [0, 1] -> [N, H, W]."""
-        num_texts = text_embedding.shape[0]
+    def resized_scores(self, images: list[torch.Tensor], text_embedding: torch.Tensor, columns: list[list[int]],
+                       config: SegmenterConfig) -> list[torch.Tensor]:
+        """Window-averaged mask scores at each image's resized scale, for its own texts:
+        images [3, H, W] (uint8, or float in [0, 1]); columns[i] the rows of `text_embedding` that
+        are image i's texts -> [len(columns[i]), h, w] each."""
         resized = []
         for image in images:
             size = resized_shape(image.shape[1], image.shape[2], config.short_side, config.max_long_side)
             resized.append(self.grounder.normalize(resize_image(image.to(self.device).unsqueeze(0), size))[0])
-        sums = [torch.zeros(num_texts, *im.shape[-2:], device=self.device) for im in resized]
+        sums = [torch.zeros(len(cols), *im.shape[-2:], device=self.device) for cols, im in zip(columns, resized)]
         counts = [torch.zeros(1, *im.shape[-2:], device=self.device) for im in resized]
+        selections = [torch.tensor(cols, device=self.device) for cols in columns]
+        same_texts = all(cols == columns[0] for cols in columns)
 
         # Group windows by padded shape so each batch is one tensor.
         groups: dict[tuple[int, int], list[tuple[int, tuple[int, int, int, int], tuple[int, int, int, int]]]] = defaultdict(list)
@@ -224,26 +236,78 @@ class Segmenter:
 
         refine = self._refiner(config)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+        # windows x texts per model call is bounded, so many texts (a batch of requests with
+        # different ones) cost more calls, not more memory
+        per_call = max(1, min(config.windows_per_batch, config.max_window_texts // max(1, text_embedding.shape[0])))
         for padded_shape, windows in groups.items():
-            for start in range(0, len(windows), config.windows_per_batch):
-                chunk = windows[start:start + config.windows_per_batch]
-                batch = torch.stack([
-                    F.pad(resized[i][:, y1:y2, x1:x2], pad) for i, (y1, y2, x1, x2), pad in chunk
-                ])
+            for start in range(0, len(windows), per_call):
+                chunk = windows[start:start + per_call]
+                batch = torch.stack([F.pad(resized[i][:, y1:y2, x1:x2], pad) for i, (y1, y2, x1, x2), pad in chunk])
                 with autocast:
                     masks = self.grounder.predict_masks(batch, text_embedding, config.kp_weight, refine)
-                masks = F.interpolate(masks.float(), size=padded_shape, mode="bilinear", align_corners=False)
+                if same_texts:
+                    masks = [F.interpolate(masks[:, selections[0]].float(), size=padded_shape, mode="bilinear", align_corners=False)]
+                    masks = masks[0]
+                else:
+                    masks = [F.interpolate(mask[selections[i]].float().unsqueeze(0), size=padded_shape, mode="bilinear",
+                                           align_corners=False)[0] for mask, (i, _, _) in zip(masks, chunk)]
                 for mask, (i, (y1, y2, x1, x2), (left, _, top, _)) in zip(masks, chunk):
                     sums[i][:, y1:y2, x1:x2] += mask[:, top:top + y2 - y1, left:left + x2 - x1]
                     counts[i][:, y1:y2, x1:x2] += 1
+        return [total / count for total, count in zip(sums, counts)]
 
-        scores = []
-        for image, total, count in zip(images, sums, counts):
-            score = (total / count).unsqueeze(0)
-            if score.shape[-2:] != image.shape[-2:]:
-                score = F.interpolate(score, size=image.shape[-2:], mode="bilinear", align_corners=False)
-            scores.append(score[0])
+
+BACKGROUND = "background"
+
+
+def background_name(texts: Sequence[str]) -> str:
+    """The threshold class's name: "background", unless a text is itself "background" (then the two
+    are kept apart as "background (threshold)")."""
+    return f"{BACKGROUND} (threshold)" if BACKGROUND in texts else BACKGROUND
+
+
+def upsample(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[N, h, w] -> [N, *size], bilinear (align_corners=False), as the protocol resizes back."""
+    if tuple(scores.shape[-2:]) == tuple(size):
         return scores
+    return F.interpolate(scores.unsqueeze(0), size=size, mode="bilinear", align_corners=False)[0]
+
+
+def _source_positions(out_size: int, in_size: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each output position: the two input positions bilinear interpolation reads and the second's
+    weight, by PyTorch's rule for align_corners=False (src = scale * (dst + 0.5) - 0.5, clamped at 0)."""
+    scale = torch.tensor(in_size, dtype=torch.float32) / out_size
+    source = (scale * (torch.arange(out_size, dtype=torch.float32) + 0.5) - 0.5).clamp(min=0).to(device)
+    first = source.long().clamp(max=in_size - 1)
+    second = torch.where(first < in_size - 1, first + 1, first)
+    return first, second, source - first
+
+
+def upsampled_labels(scores: torch.Tensor, size: tuple[int, int], threshold: float | None, band_elements: int = 1 << 20) -> torch.Tensor:
+    """argmax over [threshold; upsample(scores, size)] (Eq. 13) without holding the upsampled
+    scores: a band of output rows at a time, with `band_elements` floats per band. [H, W] int64."""
+    num, height, width = scores.shape
+    out_h, out_w = size
+    y0, y1, wy = _source_positions(out_h, height, scores.device)
+    x0, x1, wx = _source_positions(out_w, width, scores.device)
+    labels = torch.empty(out_h, out_w, dtype=torch.int64, device=scores.device)
+    band = max(1, band_elements // max(1, num * out_w))
+    for r0 in range(0, out_h, band):
+        r1 = min(out_h, r0 + band)
+        if (height, width) == (out_h, out_w):
+            values = scores[:, r0:r1]
+        else:
+            top, bottom = scores[:, y0[r0:r1]], scores[:, y1[r0:r1]]  # [N, R, w]
+            top = top[..., x0] * (1 - wx) + top[..., x1] * wx  # [N, R, W]
+            bottom = bottom[..., x0] * (1 - wx) + bottom[..., x1] * wx
+            weight = wy[r0:r1].view(1, -1, 1)
+            values = top * (1 - weight) + bottom * weight
+        best, index = values.max(dim=0)
+        if threshold is None:
+            labels[r0:r1] = index
+        else:  # a tie goes to the background, which comes first in Eq. 13's argmax
+            labels[r0:r1] = torch.where(best > threshold, index + 1, torch.zeros_like(index))
+    return labels
 
 
 def validate_texts(texts: Sequence[str]) -> list[str]:
@@ -255,4 +319,7 @@ def validate_texts(texts: Sequence[str]) -> list[str]:
     for i, text in enumerate(texts):
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"text {i} is empty or not a string: {text!r}")
+    repeated = sorted({t for t in texts if texts.count(t) > 1})
+    if repeated:
+        raise ValueError(f"texts {repeated} appear more than once: each text is one class")
     return texts

@@ -172,12 +172,12 @@ def exists(uri: str, **s3_options) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
-def list_files(uri: str, suffixes: str | tuple[str, ...] | list[str] | None = None, **s3_options) -> list[str]:
+def list_files(uri: str, suffixes: str | tuple[str, ...] | list[str] | None = None, hidden: bool = False, **s3_options) -> list[str]:
     """All files under ``uri`` (recursively), sorted, as URIs of the same kind as ``uri``.
 
     ``suffixes`` filters by name ending (case-insensitive), e.g. ``(".parquet",)``. Hidden or
     private names (leading '.' or '_', e.g. temp files of an in-flight atomic write, _SUCCESS)
-    are skipped. A ``uri`` that is itself a file is returned alone if it matches.
+    are skipped unless ``hidden``. A ``uri`` that is itself a file is returned alone if it matches.
     """
     fs, path = resolve(uri, **s3_options)
     if isinstance(suffixes, str):
@@ -186,7 +186,7 @@ def list_files(uri: str, suffixes: str | tuple[str, ...] | list[str] | None = No
 
     def keep(p: str) -> bool:
         name = posixpath.basename(p)
-        if name.startswith((".", "_")):
+        if name.startswith((".", "_")) and not hidden:
             return False
         return wanted is None or name.lower().endswith(wanted)
 

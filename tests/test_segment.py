@@ -159,3 +159,30 @@ def test_resize_matches_the_official_opencv_resize_of_8_bit_images():
         assert np.abs(ours - reference).mean() < 0.2
         unrounded = resize_image(tensor.float() / 255, (new_height, new_width))[0].permute(1, 2, 0).double().numpy() * 255
         assert np.abs(unrounded - reference).mean() > np.abs(ours - reference).mean()
+
+
+def test_memory_bounded_paths_give_the_reference_labels_and_scores(grounder):
+    """Labels computed a band of rows at a time (with_probabilities=False), scores accumulated for
+    each image's own texts, few windows x texts per model call: the same labels as the full
+    upsampling (the reference), and the same scores to float rounding."""
+    segmenter = Segmenter(grounder, SMALL, device="cpu")
+    images = [_image(120, 90), _image(30, 44), _image(64, 64)]
+    texts = [["star", "ring", "sky"], ["grass"], ["ring", "water", "a red heart", "sand"]]
+    reference = segmenter.segment_each(images, texts)
+    for overrides in ({}, {"max_window_texts": 3}, {"pamr": False, "background_threshold": None}):
+        bounded = segmenter.segment_each(images, texts, with_probabilities=False, **overrides)
+        full = segmenter.segment_each(images, texts, **overrides)
+        for ref, got, whole in zip(reference, bounded, full):
+            assert got.probabilities is None and got.class_names == whole.class_names
+            assert np.array_equal(got.labels, whole.labels)
+            if overrides.get("pamr", True):  # the reference's settings
+                assert np.allclose(whole.probabilities, ref.probabilities, atol=1e-5)
+
+
+def test_a_text_named_background_is_kept_apart_from_the_threshold_class(grounder):
+    segmenter = Segmenter(grounder, SMALL, device="cpu")
+    [result] = segmenter.segment(_image(40, 40), ["background", "sky"])
+    assert result.class_names == ["background (threshold)", "background", "sky"]
+    assert segmenter.class_names(["background", "sky"]) == result.class_names
+    [plain] = segmenter.segment(_image(40, 40), ["background", "sky"], background_threshold=None)
+    assert plain.class_names == ["background", "sky"]

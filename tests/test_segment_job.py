@@ -15,7 +15,7 @@ from PIL import Image
 
 from jobs import segment as segment_job
 from tcl import storage
-from tcl.batch import output_name
+from tcl.batch import list_sources, output_name, walk_images
 from tcl.data.shards import ShardWriter
 from tcl.images import encode_image
 from tcl.segment import Segmenter
@@ -38,6 +38,8 @@ def checkpoint(tmp_path_factory):
 
 
 def read_index(output: str) -> list[dict]:
+    if not os.path.isdir(os.path.join(output, "index")):
+        return []
     return [row for f in sorted(os.listdir(os.path.join(output, "index")))
             for row in pq.read_table(os.path.join(output, "index", f)).to_pylist()]
 
@@ -95,26 +97,29 @@ def test_killed_midway_then_rerun_completes_without_duplicates(ray_cluster, chec
     with ShardWriter(str(tmp_path / "shards"), rows_per_shard=20) as writer:  # Parquet input this time
         for i in range(60):
             writer.write(encode_image(picture(100 + i)), f"caption {i}")
+    # the default --index-every (1000): a kill loses the index rows not yet written, not the work
     command = [sys.executable, os.path.join(REPO, "jobs", "segment.py"), "--checkpoint", checkpoint,
                "--input", str(tmp_path / "shards"), "--texts", TEXTS, "--output", str(tmp_path / "out"),
-               "--actors", "1", "--batch-size", "2", "--index-every", "2", *PROTOCOL,
-               "--ray-address", ray.get_runtime_context().gcs_address]
+               "--actors", "1", "--batch-size", "2", *PROTOCOL, "--ray-address", ray.get_runtime_context().gcs_address]
     job = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    labels = tmp_path / "out" / "labels"
+
+    def committed() -> int:
+        return sum(1 for _, _, files in os.walk(labels) for f in files if f.endswith(".png")) if labels.is_dir() else 0
+
     deadline = time.time() + 240
-    while time.time() < deadline and job.poll() is None:
-        parts = os.listdir(tmp_path / "out" / "index") if os.path.isdir(tmp_path / "out" / "index") else []
-        if len(parts) >= 3:
-            break
-        time.sleep(0.2)
+    while time.time() < deadline and job.poll() is None and committed() < 10:
+        time.sleep(0.1)
     assert job.poll() is None, "the job ended before it could be killed"
     os.killpg(job.pid, signal.SIGKILL)
     job.wait()
-    partial = read_index(str(tmp_path / "out"))
-    assert 0 < len(partial) < 60
+    done = committed()
+    assert 10 <= done < 60 and read_index(str(tmp_path / "out")) == []  # done images, no index rows yet
 
     summary = segment_job.main(["--checkpoint", checkpoint, "--input", str(tmp_path / "shards"), "--texts", TEXTS,
                                 "--output", str(tmp_path / "out"), "--actors", "1", "--batch-size", "4", *PROTOCOL])
-    assert summary["done_before"] == len(partial) and summary["segmented_now"] == 60 - len(partial)
+    assert summary["recovered_from_labels"] == summary["done_before"] == done  # found by their label PNGs
+    assert summary["segmented_now"] == 60 - done  # only what had no committed output
     keys = [row["key"] for row in read_index(str(tmp_path / "out"))]
     assert len(keys) == len(set(keys)) == 60
     labels = sorted(os.listdir(tmp_path / "out" / "labels" / "shard-00000")) + sorted(os.listdir(tmp_path / "out" / "labels" / "shard-00001"))
@@ -165,3 +170,49 @@ def test_segmenter_flags_name_the_protocol_defaults_and_override_only_what_is_gi
         {"window": 64, "pamr": False, "background_threshold": None}
     with pytest.raises(SystemExit):
         parser.parse_args(["--background-threshold", "1.5"])
+
+
+def test_listing_follows_links_once_reports_loops_and_broken_links_and_keeps_hidden_names(tmp_path):
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    for name in ("a.png", "_x.png", ".x.png", "sub/b.jpg"):
+        picture(1).save(root / name)
+    (root / "notes.txt").write_text("not an image")
+    os.symlink("a.png", root / "same-as-a.png")  # one real file under two names: segmented once
+    os.symlink("nowhere.png", root / "gone.png")  # to nothing
+    os.symlink(".", root / "sub" / "again")  # a loop
+    (root / "folder.png").mkdir()  # a folder with an image's name
+    files, problems = walk_images(str(root))
+    assert [key for key, _ in files] == [".x.png", "_x.png", "a.png", "sub/b.jpg"]
+    reasons = {p["key"]: p["reason"] for p in problems}
+    assert set(reasons) == {"gone.png", "sub/again", "folder.png"}
+    assert "link to nothing" in reasons["gone.png"] and "loop" in reasons["sub/again"] and "folder" in reasons["folder.png"]
+    sources, globbed = list_sources(str(root / "**" / "*.png"), {})
+    assert [s["key"] for s in sources] == [".x.png", "_x.png", "a.png"] and {p["key"] for p in globbed} == {"gone.png", "folder.png"}
+    assert [s["key"] for s in list_sources(str(root / "*.jpg"), {})[0]] == []  # * stays within a folder
+    assert [s["key"] for s in list_sources(str(root / "**" / "*.jpg"), {})[0]] == ["sub/b.jpg"]
+
+
+def test_batch_job_reports_each_unusable_input_once_and_segments_hidden_names(ray_cluster, checkpoint, tmp_path):
+    root = tmp_path / "in"
+    root.mkdir()
+    for i, name in enumerate(("a.png", "_x.png", ".x.png")):
+        picture(30 + i).save(root / name)
+    os.symlink("a.png", root / "same-as-a.png")
+    os.symlink("nowhere.png", root / "gone.png")
+    os.symlink(".", root / "again")
+    (root / "folder.png").mkdir()
+    (root / "broken.png").write_bytes(b"not a png")
+    argv = ["--checkpoint", checkpoint, "--input", str(root), "--texts", "background,sky,grass", "--output", str(tmp_path / "out"),
+            "--actors", "1", *PROTOCOL]
+    summary = segment_job.main(argv)
+    assert summary["images"] == 4 and summary["segmented_now"] == 3
+    errors = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
+    assert sorted(e["key"] for e in errors) == ["again", "broken.png", "folder.png", "gone.png"]  # each once
+    index = {row["key"]: row for row in read_index(str(tmp_path / "out"))}
+    assert sorted(index) == [".x.png", "_x.png", "a.png"]
+    row = index["a.png"]  # a text named "background" beside the threshold's class: both counted
+    assert row["fraction/background (threshold)"] + row["fraction/background"] + row["fraction/sky"] + row["fraction/grass"] == pytest.approx(1)
+    again = segment_job.main(argv)
+    assert again["segmented_now"] == 0 and again["unreadable_now"] == 0  # nothing redone, no error listed twice
+    assert len((tmp_path / "out" / "errors.jsonl").read_text().splitlines()) == 4

@@ -10,6 +10,8 @@ import pytest
 import requests
 from PIL import Image
 
+from ray.util import state as ray_state
+
 from tcl.images import encode_image
 from tcl.encoding import run_length_decode
 from tcl.segment import Segmenter
@@ -111,6 +113,12 @@ def test_png_and_overlay_answers(service, direct):
     ("unknown_field", 400, "unknown_option"),
     ("bad_base64", 400, "bad_image"),
     ("plain_text_body", 415, "unsupported_media_type"),
+    ("threshold_true", 400, "bad_option"),
+    ("multipart_without_boundary", 400, "bad_multipart"),
+    ("form_field_too_large", 400, "bad_multipart"),
+    ("too_many_form_fields", 400, "bad_multipart"),
+    ("unknown_route", 404, "not_found"),
+    ("wrong_method", 405, "method_not_allowed"),
 ])
 def test_bad_input_is_a_4xx_naming_the_problem_and_the_service_keeps_serving(service, case, status, code):
     good = encode_image(picture(4))
@@ -138,6 +146,21 @@ def test_bad_input_is_a_4xx_naming_the_problem_and_the_service_keeps_serving(ser
         answer = segment(service, good, colour="blue")
     elif case == "bad_base64":
         answer = requests.post(f"{service}/v1/segment", json={"image": "not base64!", "texts": TEXTS}, timeout=60)
+    elif case == "threshold_true":  # a boolean is not a number
+        answer = requests.post(f"{service}/v1/segment", json={"image": base64.b64encode(good).decode(), "texts": TEXTS,
+                                                              "background_threshold": True}, timeout=60)
+    elif case == "multipart_without_boundary":
+        answer = requests.post(f"{service}/v1/segment", data=b"--x\r\n", headers={"content-type": "multipart/form-data"}, timeout=60)
+    elif case == "form_field_too_large":  # a text field of 512 KiB, in a body under the limit
+        answer = requests.post(f"{service}/v1/segment", files={"image": ("x.png", good, "image/png")},
+                               data={"texts": "a" * 2**19}, timeout=60)
+    elif case == "too_many_form_fields":
+        answer = requests.post(f"{service}/v1/segment", files={"image": ("x.png", good, "image/png")},
+                               data=[("texts", f"t{i}") for i in range(1001)], timeout=60)
+    elif case == "unknown_route":
+        answer = requests.get(f"{service}/v1/nothing-here", timeout=60)
+    elif case == "wrong_method":
+        answer = requests.get(f"{service}/v1/segment", timeout=60)
     else:
         answer = requests.post(f"{service}/v1/segment", data="hello", headers={"content-type": "text/plain"}, timeout=60)
     assert answer.status_code == status, answer.text
@@ -234,3 +257,117 @@ def test_serve_configs_are_valid_for_ray_and_for_the_app(config):
     assert [d.name for d in application.deployments] == ["SegmentationService"]
     inspect.signature(SegmentationService.func_or_class.__init__).bind(None, **application.args)  # the app takes these args
     build_app(application.args)
+
+
+def test_content_types_are_case_insensitive(service, direct):
+    image = picture(12)
+    answer = requests.post(f"{service}/v1/segment", data=json.dumps({"image": base64.b64encode(encode_image(image)).decode(), "texts": TEXTS}),
+                           headers={"content-type": "Application/JSON; charset=UTF-8"}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    [expected] = direct.segment(image, TEXTS)
+    assert np.array_equal(run_length_decode(answer.json()["labels"]), expected.labels)
+
+
+def test_a_16_bit_greyscale_png_is_segmented_as_its_8_bit_values(service, direct):
+    values = (np.random.default_rng(3).integers(0, 65536, (40, 52))).astype(np.uint16)
+    answer = segment(service, encode_image(Image.fromarray(values)))
+    assert answer.status_code == 200, answer.text
+    grey = (values >> 8).astype(np.uint8)
+    [expected] = direct.segment(np.repeat(grey[..., None], 3, axis=2), TEXTS)
+    assert np.array_equal(run_length_decode(answer.json()["labels"]), expected.labels)
+
+
+def test_a_text_named_background_gets_its_own_class_and_fraction(service):
+    answer = segment(service, encode_image(picture(13)), texts=["background", "sky", "grass"])
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["classes"] == ["background (threshold)", "background", "sky", "grass"]
+    assert set(body["fractions"]) == set(body["classes"]) and sum(body["fractions"].values()) == pytest.approx(1.0)
+
+
+def peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
+def test_a_chunked_upload_over_the_limit_is_refused_while_it_streams(service):
+    """A body with no Content-Length, far over the limit (1 MiB here): refused once the limit is
+    passed, without the replica holding it; the service answers the next request."""
+    before = requests.get(f"{service}/v1/info", timeout=30).json()["peak_memory_mb"]
+    import ray
+
+    proxies = [actor.pid for actor in ray_state.list_actors(address=ray.get_runtime_context().gcs_address,
+                                                            filters=[("class_name", "=", "ProxyActor"), ("state", "=", "ALIVE")])]
+    proxy_before = {pid: peak_rss_mb(pid) for pid in proxies}
+    sent = [0]
+
+    def body():
+        chunk = b"\0" * 2**20
+        for _ in range(200):  # 200 MiB
+            sent[0] += len(chunk)
+            yield chunk
+
+    try:
+        answer = requests.post(f"{service}/v1/segment", data=body(), headers={"content-type": "application/json"}, timeout=120)
+        assert answer.status_code == 413 and answer.json()["error"] == "body_too_large"
+    except requests.ConnectionError:
+        pass  # the server answered and closed while the client was still sending: also a refusal
+    after = requests.get(f"{service}/v1/info", timeout=30).json()["peak_memory_mb"]
+    assert after - before < 64, (before, after)  # the replica never held the 200 MiB
+    for pid, peak in proxy_before.items():  # nor the HTTP proxy in front of it
+        assert peak_rss_mb(pid) - peak < 64, (peak, peak_rss_mb(pid))
+    assert proxy_before  # (the proxy may read the rest of the upload to keep the connection; it does not hold it)
+    assert segment(service, encode_image(picture(14))).status_code == 200
+
+
+def gradient_png(width: int, height: int, seed: int) -> bytes:
+    """A smooth picture: large in pixels, small as a PNG (like the hostile uploads of the issue)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    image = np.stack([(x * rng.uniform(0.1, 0.3) + y * rng.uniform(0.1, 0.3) + 85 * c) % 256 for c in range(3)], axis=-1)
+    return encode_image(Image.fromarray(image.astype(np.uint8)))
+
+
+def test_large_images_with_many_texts_stay_within_the_replicas_memory(service, checkpoint, direct):
+    """Three 1024 x 1024 uploads, each with 64 texts of its own, at once. Upsampling every text's
+    scores of the whole batch to the original size would hold 3 x 192 x 1024^2 floats (2.4 GB);
+    the replica holds each image's labels and its own texts' scores at the scored size instead."""
+    from ray import serve
+
+    from tcl.ray.serve import build_app
+
+    serve.run(build_app({"checkpoint": checkpoint, "device": "cpu", "segmenter": PROTOCOL, "batch_wait_timeout_s": 0.2,
+                         "limits": {"max_pixels": 2048 * 2048, "max_texts": 64, "max_request_work": 2**21, "max_batch_work": 2**21}}),
+              name="heavy", route_prefix="/heavy")
+    url = f"{service}/heavy"
+    before = requests.get(f"{url}/v1/info", timeout=30).json()
+    payloads = [gradient_png(1024, 1024, seed) for seed in range(3)]
+    texts = [[f"thing {k} number {i}" for i in range(64)] for k in range(3)]
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(lambda k: segment(url, payloads[k], texts=texts[k]), range(3)))
+    assert [a.status_code for a in answers] == [200] * 3, [a.text[:200] for a in answers]
+    after = requests.get(f"{url}/v1/info", timeout=30).json()
+    assert after["peak_memory_mb"] - before["peak_memory_mb"] < 400, (before["peak_memory_mb"], after["peak_memory_mb"])
+    batched = {int(k): v - before["batches"].get(k, 0) for k, v in after["batches"].items()}
+    assert after["batch_splits"] > before["batch_splits"] or max(k for k, v in batched.items() if v) == 1  # over budget together: split
+    with Image.open(io.BytesIO(payloads[1])) as image:
+        [expected] = direct.segment(image.convert("RGB"), texts[1], with_probabilities=False)
+    assert np.array_equal(run_length_decode(answers[1].json()["labels"]), expected.labels)
+
+    # a request whose work alone is over the budget: refused before any model work, naming the limit
+    answer = segment(url, gradient_png(2000, 1000, 4), texts=texts[0])
+    assert answer.status_code == 413 and answer.json()["error"] == "too_much_work"
+    assert "2097152" in answer.json()["message"] and "2000x1000" in answer.json()["message"]
+    assert requests.get(f"{url}/v1/health", timeout=30).status_code == 200
+    serve.delete("heavy")
+
+
+def test_the_cpu_config_fits_a_two_core_machine():
+    import os
+
+    import yaml
+
+    with open(os.path.join(os.path.dirname(__file__), "..", "serve", "config.yaml")) as f:
+        [deployment] = yaml.safe_load(f)["applications"][0]["deployments"]
+    cpus = deployment["ray_actor_options"]["num_cpus"] * deployment["autoscaling_config"]["max_replicas"]
+    assert cpus <= 2, f"{cpus} CPUs at the most replicas: they could not all start on a 2-core machine"

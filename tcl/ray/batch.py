@@ -9,8 +9,8 @@ import os
 import time
 
 from tcl import storage
-from tcl.batch import (BatchJob, IndexWriter, SegmentAndWrite, done_keys, list_sources, read_images, read_parts,
-                       remove_stale_temp_files)
+from tcl.batch import (BatchJob, IndexWriter, SegmentAndWrite, committed_labels, done_keys, index_row_from_label, list_sources,
+                       output_name, read_images, read_parts, remove_stale_temp_files)
 from tcl.console import Progress, say
 
 
@@ -20,13 +20,13 @@ def run(job: BatchJob) -> dict:
 
     from tcl.ray.pools import actor_count, checkpoint_for_actors, consume, map_with_pool
     from tcl.ray.runtime import init
-    from tcl.segment import SegmenterConfig, background_threshold, validate_texts
+    from tcl.segment import SegmenterConfig, background_name, background_threshold, validate_texts
 
     s3 = storage.s3_options(job.s3_endpoint) if storage.is_s3(job.input) or storage.is_s3(job.output) else {}
     texts = validate_texts(list(dict.fromkeys(t.strip() for t in job.texts if t.strip())))
     settings = SegmenterConfig(**job.segmenter)
     threshold = background_threshold(settings.background_threshold, settings.pamr)
-    class_names = (["background"] if threshold is not None else []) + texts
+    class_names = ([background_name(texts)] if threshold is not None else []) + texts
     checkpoint = checkpoint_for_actors(job.checkpoint)
     output = job.output if storage.is_s3(job.output) else os.path.abspath(job.output)
     if not storage.is_s3(output):
@@ -44,12 +44,22 @@ def run(job: BatchJob) -> dict:
     else:
         storage.write_bytes_atomic(job_uri, json.dumps(settings_record, indent=2).encode(), **s3)
 
-    sources = list_sources(job.input, s3)
+    sources, problems = list_sources(job.input, s3)
     done = done_keys(output, s3)
-    todo = [s for s in sources if s["key"] not in done]
-    say(f"{len(sources)} images at {job.input}: {len(sources) - len(todo)} already done, {len(todo)} to segment")
-
     writer = IndexWriter(output, class_names, job.index_every, s3)
+    # images whose label PNG was written before a kill, but not their index row: done, their rows rebuilt
+    committed = committed_labels(output, s3)
+    recovered = [s for s in sources if s["key"] not in done and output_name(s["key"]) in committed]
+    if recovered:
+        writer.add_rows([index_row_from_label(s, output, class_names, s3) for s in recovered])
+        done |= {s["key"] for s in recovered}
+    new_problems = [p for p in problems if p["key"] not in done]
+    if new_problems:
+        writer.add_errors(new_problems)
+    todo = [s for s in sources if s["key"] not in done]
+    say(f"{len(sources) + len(problems)} inputs at {job.input}: {len(sources) - len(todo)} images done before"
+        + (f" ({len(recovered)} of them found by their label PNGs)" if recovered else "")
+        + f", {len(problems)} unusable (errors.jsonl), {len(todo)} to segment")
     start = time.perf_counter()
     timing = None
     if todo:
@@ -67,12 +77,13 @@ def run(job: BatchJob) -> dict:
 
     errors = read_parts(storage.join(output, "errors"), s3)
     storage.write_bytes_atomic(storage.join(output, "errors.jsonl"), "".join(json.dumps(e) + "\n" for e in errors).encode(), **s3)
-    summary = {"images": len(sources), "segmented_now": writer.written, "unreadable_now": writer.failed,
-               "done_before": len(sources) - len(todo), "unreadable_total": len(errors), "seconds": time.perf_counter() - start}
+    summary = {"images": len(sources), "segmented_now": writer.written - len(recovered), "recovered_from_labels": len(recovered),
+               "unreadable_now": writer.failed, "done_before": len(sources) - len(todo), "unreadable_total": len(errors),
+               "seconds": time.perf_counter() - start}
     if timing is not None:
         summary.update(startup_seconds=timing.startup_seconds, steady_images_per_second=timing.steady_items_per_second)
     storage.write_bytes_atomic(storage.join(output, "summary.json"), json.dumps(summary, indent=2).encode(), **s3)
-    say(f"segmented {writer.written}, unreadable {writer.failed} (listed in errors.jsonl), "
+    say(f"segmented {summary['segmented_now']}, unreadable {writer.failed} (listed in errors.jsonl), "
         f"{summary['done_before']} done before; index in {storage.join(output, 'index')}/")
     return summary
 

@@ -31,10 +31,11 @@ class EvaluationJob:
 
 
 class ConfusionActor:
-    """One Segmenter; a batch of sample indices -> their confusion matrices (flattened), and for the
-    first `overlays` images of the set a PNG of the prediction beside the ground truth."""
+    """One Segmenter for every data set of the job; a batch of (data set, sample index) pairs -> their
+    confusion matrices (flattened), and for the first `overlays` images of each set a PNG of the
+    prediction beside the ground truth. One pool serves all sets, so the model loads once per actor."""
 
-    def __init__(self, checkpoint: str, dataset: str, data_root: str | None, limit: int | None,
+    def __init__(self, checkpoint: str, datasets: list[str], data_root: str | None, limit: int | None,
                  overrides: dict, pamr: bool, baseline: bool, overlays: int = 0):
         import ray
 
@@ -42,9 +43,9 @@ class ConfusionActor:
         from tcl.evaluation import protocol_overrides
         from tcl.segment import Segmenter
 
-        self.benchmark = open_benchmark(dataset, data_root, limit=limit)
+        self.benchmarks = [open_benchmark(name, data_root, limit=limit) for name in datasets]
+        self.protocols = [protocol_overrides(benchmark, pamr=pamr, baseline=baseline) for benchmark in self.benchmarks]
         self.segmenter = Segmenter.from_checkpoint(checkpoint, **overrides)
-        self.overrides = protocol_overrides(self.benchmark, pamr=pamr, baseline=baseline)
         self.overlays = overlays
         self.node = ray.get_runtime_context().get_node_id()
 
@@ -53,56 +54,72 @@ class ConfusionActor:
         from tcl.images import encode_image
 
         matrices, pngs = [], []
-        for i in batch["index"]:
-            sample = self.benchmark.samples[int(i)]
+        for d, i in zip(batch["dataset"], batch["index"]):
+            benchmark, protocol = self.benchmarks[int(d)], self.protocols[int(d)]
+            sample = benchmark.samples[int(i)]
             if i < self.overlays:
-                matrix, picture = sample_confusion(self.segmenter, self.benchmark, sample, overlay=True, **self.overrides)
+                matrix, picture = sample_confusion(self.segmenter, benchmark, sample, overlay=True, **protocol)
                 pngs.append(encode_image(picture))
             else:
-                matrix = sample_confusion(self.segmenter, self.benchmark, sample, **self.overrides)
+                matrix = sample_confusion(self.segmenter, benchmark, sample, **protocol)
                 pngs.append(b"")
             matrices.append(matrix.ravel())
-        return {"index": batch["index"], "confusion": np.stack(matrices), "overlay": np.array(pngs, dtype=object),
-                "node": np.array([self.node] * len(matrices), dtype=object)}
+        return {"dataset": batch["dataset"], "index": batch["index"], "confusion": np.array(matrices + [None], dtype=object)[:-1],
+                "overlay": np.array(pngs, dtype=object), "node": np.array([self.node] * len(matrices), dtype=object)}
 
 
-def evaluate_dataset(job: EvaluationJob, dataset: str, checkpoint: str, actors: int, use_gpu: bool):
-    """(benchmark, summed confusion matrix, run facts) of one data set; overlays of its first
-    images written to <output>/overlays/<set>/."""
+def evaluate_datasets(job: EvaluationJob, datasets: list[str], checkpoint: str, actors: int, use_gpu: bool) -> list[tuple]:
+    """[(benchmark, summed confusion matrix, run facts)] per data set, from one actor pool over all
+    their images; overlays of each set's first images written to <output>/overlays/<set>/."""
     import ray
 
     from tcl.data.benchmarks import open_benchmark
     from tcl.metrics import ConfusionMatrix
     from tcl.ray.pools import consume, map_with_pool
 
-    benchmark = open_benchmark(dataset, job.data_root, limit=job.limit)
+    benchmarks = [open_benchmark(name, job.data_root, limit=job.limit) for name in datasets]
+    items = [{"dataset": d, "index": i} for d, benchmark in enumerate(benchmarks) for i in range(len(benchmark))]
+    if not items:
+        raise ValueError(f"no images in {', '.join(datasets)}")
     # a few images per call: Ray's per-task overhead is tens of ms, as much as a small image costs
-    per_call = max(1, min(8, len(benchmark) // (2 * actors)))
-    items = ray.data.from_items([{"index": i} for i in range(len(benchmark))], override_num_blocks=max(1, -(-len(benchmark) // per_call)))
-    results = map_with_pool(items, ConfusionActor, dict(checkpoint=checkpoint, dataset=dataset, data_root=job.data_root, limit=job.limit,
-                                                        overrides=job.segmenter, pamr=job.pamr, baseline=job.baseline, overlays=job.overlays),
+    per_call = max(1, min(8, len(items) // (2 * actors)))
+    rows = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // per_call)))
+    results = map_with_pool(rows, ConfusionActor, dict(checkpoint=checkpoint, datasets=datasets, data_root=job.data_root, limit=job.limit,
+                                                       overrides=job.segmenter, pamr=job.pamr, baseline=job.baseline, overlays=job.overlays),
                             actors=actors, use_gpu=use_gpu, batch_size=per_call, resources=job.resources_per_actor,
                             start_timeout_s=job.actor_start_timeout)
-    total = ConfusionMatrix(benchmark.num_classes, benchmark.ignore_index)
-    nodes = collections.Counter()
-    overlay_folder = os.path.join(job.output, "overlays", safe_name(dataset))
+    totals = [ConfusionMatrix(b.num_classes, b.ignore_index) for b in benchmarks]
+    nodes = [collections.Counter() for _ in benchmarks]
+    finished = [0.0] * len(benchmarks)  # when each set's last result arrived
+    start = time.perf_counter()
+    current = [0]
 
     def add(batch: dict) -> None:
-        total.matrix += batch["confusion"].reshape(-1, benchmark.num_classes, benchmark.num_classes).sum(axis=0)
-        nodes.update(batch["node"].tolist())
-        for i, png in zip(batch["index"], batch["overlay"]):
+        for d, i, matrix, png, node in zip(batch["dataset"], batch["index"], batch["confusion"], batch["overlay"], batch["node"]):
+            d = int(d)
+            benchmark = benchmarks[d]
+            totals[d].matrix += np.asarray(matrix).reshape(benchmark.num_classes, benchmark.num_classes)
+            nodes[d][node] += 1
+            finished[d] = time.perf_counter()
+            current[0] = d
             if png:
-                os.makedirs(overlay_folder, exist_ok=True)
-                with open(os.path.join(overlay_folder, safe_name(benchmark.samples[int(i)].key) + ".png"), "wb") as f:
+                folder = os.path.join(job.output, "overlays", safe_name(datasets[d]))
+                os.makedirs(folder, exist_ok=True)
+                with open(os.path.join(folder, safe_name(benchmark.samples[int(i)].key) + ".png"), "wb") as f:
                     f.write(png)
 
-    timing = consume(results, lambda batch: len(batch["index"]), add, Progress(title(dataset), len(benchmark), "images"),
-                     note=lambda: f"mIoU so far {100 * total.miou:.1f}")
-    counted = sum(nodes.values())
-    if counted != len(benchmark):
-        raise RuntimeError(f"{dataset}: {counted} of {len(benchmark)} images evaluated")
-    return benchmark, total, {"images_per_node": dict(nodes), "startup_seconds": timing.startup_seconds,
-                              "steady_images_per_second": timing.steady_items_per_second}
+    timing = consume(results, lambda batch: len(batch["index"]), add, Progress("evaluating", len(items), "images"),
+                     note=lambda: f"{title(datasets[current[0]])} mIoU so far {100 * totals[current[0]].miou:.1f}")
+    out, previous = [], start
+    for d, benchmark in enumerate(benchmarks):
+        counted = sum(nodes[d].values())
+        if counted != len(benchmark):
+            raise RuntimeError(f"{datasets[d]}: {counted} of {len(benchmark)} images evaluated")
+        out.append((benchmark, totals[d], {"images_per_node": dict(nodes[d]), "seconds": max(0.0, finished[d] - previous),
+                                          "startup_seconds": timing.startup_seconds,
+                                          "steady_images_per_second": timing.steady_items_per_second}))
+        previous = max(previous, finished[d])
+    return out
 
 
 def run(job: EvaluationJob) -> dict:
@@ -112,17 +129,16 @@ def run(job: EvaluationJob) -> dict:
     from tcl.ray.runtime import init
 
     checkpoint = checkpoint_for_actors(job.checkpoint)
+    datasets = dataset_names(job.datasets)
     init()
     actors, use_gpu = actor_count(job.actors)
     method = ("frozen CLIP baseline" if job.baseline else "TCL") + ("" if job.pamr else " (no PAMR)")
     rows = {}
-    for dataset in dataset_names(job.datasets):
-        start = time.perf_counter()
-        benchmark, confusion, facts = evaluate_dataset(job, dataset, checkpoint, actors, use_gpu)
-        result = EvaluationResult(benchmark.name, benchmark.class_names, confusion, len(benchmark), time.perf_counter() - start)
+    for dataset, (benchmark, confusion, facts) in zip(datasets, evaluate_datasets(job, datasets, checkpoint, actors, use_gpu)):
+        result = EvaluationResult(benchmark.name, benchmark.class_names, confusion, len(benchmark), facts.pop("seconds"))
         rows[dataset] = {**result.as_dict(), "title": title(dataset), "confusion": confusion.matrix.tolist(), **facts}
-        say(f"{title(dataset)}: mIoU {100 * result.miou:.1f} over {result.images} images ({result.seconds:.1f} s, "
-            f"{actors} actor(s) on {len(facts['images_per_node'])} node(s))")
+        say(f"{title(dataset)}: mIoU {100 * result.miou:.1f} over {result.images} images "
+            f"({actors} actor(s) on {len(facts['images_per_node'])} node(s))")
     table = write_outputs(job.output, rows, method)
     say("\n" + table + f"\n\ntables and charts in {job.output}/")
     return rows

@@ -14,14 +14,18 @@ Concurrent requests are batched through the model whatever their texts (`@serve.
 import asyncio
 import collections
 import dataclasses
+import http
 import os
+import resource
 import time
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tcl.http_api import FORMATS, Limits, RequestError, SegmentRequest, read_request, render
+from tcl.http_api import FORMATS, Limits, RequestError, SegmentRequest, read_request, render, request_work
 
 PAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "web", "index.html")
 
@@ -32,6 +36,19 @@ app = FastAPI(title="TCL segmentation", description="Text-grounded masks for fre
 @app.exception_handler(RequestError)
 async def _request_error(_request: Request, error: RequestError) -> JSONResponse:
     return JSONResponse({"error": error.code, "message": error.message}, status_code=error.status)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+    """Errors FastAPI and Starlette raise themselves (an unknown route, a wrong method): the same
+    JSON shape as ours."""
+    code = http.HTTPStatus(error.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+    return JSONResponse({"error": code, "message": str(error.detail)}, status_code=error.status_code, headers=error.headers)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
+    return JSONResponse({"error": "bad_request", "message": str(error.errors())[:500]}, status_code=422)
 
 
 @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
@@ -47,6 +64,7 @@ class SegmentationService:
         self.max_batch_size, self.batch_wait_timeout_s = max_batch_size, batch_wait_timeout_s
         self._batch.set_max_batch_size(max_batch_size)
         self.batch_sizes: collections.Counter[int] = collections.Counter()
+        self.splits = 0  # batches cut in two or more passes to stay within limits.max_batch_work
         self.in_flight = 0
         with open(PAGE, encoding="utf-8") as f:
             self.page = f.read()
@@ -67,14 +85,16 @@ class SegmentationService:
             "device": str(self.segmenter.device), "limits": dataclasses.asdict(self.limits), "formats": list(FORMATS),
             "protocol": {"short_side": config.short_side, "window": config.window, "stride": config.stride, "kp_weight": config.kp_weight},
             "max_batch_size": self.max_batch_size, "batch_wait_timeout_s": self.batch_wait_timeout_s,
-            "batches": {str(size): count for size, count in sorted(self.batch_sizes.items())},
+            "batches": {str(size): count for size, count in sorted(self.batch_sizes.items())}, "batch_splits": self.splits,
+            "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # this replica's, in MiB
             "text_cache": {"entries": len(self.segmenter.text_embeddings._cache), "misses": self.segmenter.text_embeddings.misses},
         }
 
     @app.post("/v1/segment")
     async def segment(self, request: Request) -> Response:
         start = time.perf_counter()
-        parsed = await read_request(request, self.limits)
+        config = self.segmenter.config
+        parsed = await read_request(request, self.limits, (config.short_side, config.max_long_side))
         parsed_at = time.perf_counter()
         # A lone request never waits for company; with others in flight, a batch waits up to
         # batch_wait_timeout_s for more requests (they reach the batch queue in a trickle while the
@@ -99,17 +119,40 @@ class SegmentationService:
         return await asyncio.to_thread(self._segment, requests)
 
     def _segment(self, requests: list[SegmentRequest]) -> list:
-        """One model pass per distinct (PAMR, threshold) among the batch's requests; usually one."""
+        """One model pass per distinct (PAMR, threshold) among the batch's requests, usually one, each
+        split into passes whose work stays within limits.max_batch_work."""
         results: list = [None] * len(requests)
         groups: dict[tuple, list[int]] = collections.defaultdict(list)
         for i, r in enumerate(requests):
             groups[(r.pamr, r.background_threshold)].append(i)
         for (pamr, threshold), indices in groups.items():
-            out = self.segmenter.segment_each([requests[i].image for i in indices], [requests[i].texts for i in indices],
-                                              with_probabilities=False, pamr=pamr, background_threshold=threshold)
-            for i, result in zip(indices, out):
-                results[i] = result
+            parts = self.within_budget(requests, indices)
+            self.splits += len(parts) - 1
+            for part in parts:
+                out = self.segmenter.segment_each([requests[i].image for i in part], [requests[i].texts for i in part],
+                                                  with_probabilities=False, pamr=pamr, background_threshold=threshold)
+                for i, result in zip(part, out):
+                    results[i] = result
         return results
+
+    def within_budget(self, requests: list[SegmentRequest], indices: list[int]) -> list[list[int]]:
+        """`indices` in order, cut into runs whose work (each image scored against the run's union
+        of texts) is at most limits.max_batch_work; a request alone is always a run."""
+        config = self.segmenter.config
+        runs, run, texts = [], [], set()
+
+        def work(members: list[int], union: set) -> int:
+            return sum(request_work(requests[i].image.width, requests[i].image.height, len(union), config.short_side,
+                                    config.max_long_side) for i in members)
+
+        for i in indices:
+            union = texts | set(requests[i].texts)
+            if run and work(run + [i], union) > self.limits.max_batch_work:
+                runs.append(run)
+                run, union = [], set(requests[i].texts)
+            run.append(i)
+            texts = union
+        return runs + [run] if run else runs
 
 
 def build_app(args: dict) -> serve.Application:
