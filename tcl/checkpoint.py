@@ -23,6 +23,7 @@ import pickle
 import re
 import tempfile
 import types
+import warnings
 import zipfile
 
 import torch
@@ -54,55 +55,147 @@ def save_grounder(directory: str, grounder: Grounder) -> None:
     storage.write_bytes_atomic(os.path.join(directory, CONFIG_FILE), json.dumps(config_lib.to_dict(config), indent=2).encode())
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the file and what is wrong with it."""
+
+
 def load_grounder_config(directory: str) -> GrounderConfig:
     path = os.path.join(directory, CONFIG_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"not a TCL checkpoint: {path} is missing (expected {CONFIG_FILE} and {GROUNDER_FILE})")
-    with open(path) as f:
-        return config_lib.from_dict(GrounderConfig, json.load(f))
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path} is not a checkpoint's config (JSON): {error}") from None
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{path} is not a checkpoint's config: a JSON {type(values).__name__}, not an object")
+    try:
+        return config_lib.from_dict(GrounderConfig, values)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: {error}") from None
+
+
+def checkpoint_directories(path: str, **s3_options) -> list[str]:
+    """The checkpoint directories `path` names, newest first: itself if it is one, else a training
+    run folder's checkpoint_* directories (their names sort by time); local or s3://."""
+    if storage.is_s3(path):
+        root = path.rstrip("/")
+        names = {f[len(root) + 1:] for f in storage.list_files(path, **s3_options)}
+        if CONFIG_FILE in names:
+            return [path]
+        runs = sorted({n.split("/")[0] for n in names if n.startswith("checkpoint_") and n.endswith("/" + CONFIG_FILE)}, reverse=True)
+        if not runs:
+            raise FileNotFoundError(f"no TCL checkpoint at {path}: expected {CONFIG_FILE} or checkpoint_*/{CONFIG_FILE}")
+        return [storage.join(path, run) for run in runs]
+    if not os.path.isfile(os.path.join(path, CONFIG_FILE)) and os.path.isdir(path):
+        candidates = sorted(glob.glob(os.path.join(path, "checkpoint_*", CONFIG_FILE)), reverse=True)
+        if candidates:
+            return [os.path.dirname(c) for c in candidates]
+    return [path]
+
+
+def local_copy(directory: str, cache_dir: str | None = None, **s3_options) -> str:
+    """A local checkpoint directory with the files of `directory` (downloaded when it is on s3://)."""
+    if not storage.is_s3(directory):
+        return directory
+    local = tempfile.mkdtemp(prefix="tcl-checkpoint-", dir=cache_dir)
+    for name in (CONFIG_FILE, GROUNDER_FILE, CLIP_FILE):
+        uri = storage.join(directory, name)
+        if storage.exists(uri, **s3_options):
+            with open(os.path.join(local, name), "wb") as f:
+                f.write(storage.read_bytes(uri, **s3_options))
+    return local
 
 
 def resolve_checkpoint(path: str, cache_dir: str | None = None, **s3_options) -> str:
     """A local checkpoint directory for `path`: a checkpoint directory, a training run folder (its
     latest checkpoint_* directory), either of them on s3:// (downloaded to `cache_dir`)."""
-    if storage.is_s3(path):
-        files = storage.list_files(path, **s3_options)
-        names = {f[len(path.rstrip("/")) + 1:] for f in files}
-        if CONFIG_FILE not in names:
-            runs = sorted({n.split("/")[0] for n in names if n.startswith("checkpoint_") and n.endswith("/" + CONFIG_FILE)})
-            if not runs:
-                raise FileNotFoundError(f"no TCL checkpoint at {path}: expected {CONFIG_FILE} or checkpoint_*/{CONFIG_FILE}")
-            return resolve_checkpoint(storage.join(path, runs[-1]), cache_dir, **s3_options)
-        local = tempfile.mkdtemp(prefix="tcl-checkpoint-", dir=cache_dir)
-        for name in (CONFIG_FILE, GROUNDER_FILE, CLIP_FILE):
-            if name in names:
-                with open(os.path.join(local, name), "wb") as f:
-                    f.write(storage.read_bytes(storage.join(path, name), **s3_options))
-        return local
-    if not os.path.isfile(os.path.join(path, CONFIG_FILE)) and os.path.isdir(path):
-        candidates = sorted(glob.glob(os.path.join(path, "checkpoint_*", CONFIG_FILE)))
-        if candidates:
-            return os.path.dirname(candidates[-1])
-    return path
+    return local_copy(checkpoint_directories(path, **s3_options)[0], cache_dir, **s3_options)
 
 
 def load_grounder(path: str, device: str | torch.device = "cpu", **s3_options) -> Grounder:
-    """Load a grounder from a checkpoint directory or run folder, local or s3:// (see resolve_checkpoint)."""
-    directory = resolve_checkpoint(path, **s3_options)
+    """Load a grounder from a checkpoint directory or a training run folder, local or s3://. In a run
+    folder, a damaged latest checkpoint is skipped with a warning and the one before it loaded."""
+    directories = checkpoint_directories(path, **s3_options)
+    failures = []
+    for directory in directories:
+        try:
+            grounder = _load_directory(local_copy(directory, **s3_options), directory)
+        except (CheckpointError, FileNotFoundError) as error:
+            if len(directories) == 1:
+                raise
+            failures.append(f"{directory}: {error}")
+            continue
+        if failures:
+            warnings.warn(f"loaded {directory}: {len(failures)} newer checkpoint(s) of {path} are damaged "
+                          f"({'; '.join(failures)})", stacklevel=2)
+        return grounder.to(device)
+    raise CheckpointError(f"no intact checkpoint in {path}:\n  " + "\n  ".join(failures))
+
+
+def verify_checkpoint(directory: str) -> GrounderConfig:
+    """Check a local checkpoint directory without loading its weights: a readable config, and
+    safetensors files whose headers read and fit the file. Returns the config; CheckpointError or
+    FileNotFoundError naming the file otherwise."""
+    from safetensors import safe_open
+
+    config = load_grounder_config(directory)
+    files = [GROUNDER_FILE] + ([CLIP_FILE] if config.clip.pretrained == CLIP_FILE else [])
+    for name in files:
+        path = os.path.join(directory, name)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint {directory} has no {name}")
+        try:
+            with safe_open(path, framework="pt") as f:
+                f.keys()
+        except Exception as error:  # noqa: BLE001 - SafetensorError and friends
+            raise CheckpointError(f"{path} is not a readable safetensors file: {error}") from None
+    return config
+
+
+def intact_checkpoint(path: str) -> tuple[str, list[str]]:
+    """The newest checkpoint directory of a local `path` that verify_checkpoint accepts, and why
+    newer ones were skipped."""
+    directories = checkpoint_directories(path)
+    skipped = []
+    for directory in directories:
+        try:
+            verify_checkpoint(directory)
+            return directory, skipped
+        except (CheckpointError, FileNotFoundError) as error:
+            if len(directories) == 1:
+                raise
+            skipped.append(str(error))
+    raise CheckpointError(f"no intact checkpoint in {path}:\n  " + "\n  ".join(skipped))
+
+
+def _load_directory(directory: str, name: str) -> Grounder:
+    """The grounder of one local checkpoint directory (`name`: where it came from, for messages)."""
     config = load_grounder_config(directory)
     clip_config = config.clip
-    if clip_config.pretrained == CLIP_FILE:
-        clip_config = dataclasses.replace(clip_config, pretrained=os.path.join(directory, CLIP_FILE))
-    grounder = Grounder(dataclasses.replace(config, clip=clip_config), FrozenCLIP(clip_config))
     weights_path = os.path.join(directory, GROUNDER_FILE)
     if not os.path.isfile(weights_path):
-        raise FileNotFoundError(f"checkpoint {directory} has no {GROUNDER_FILE}")
-    missing, unexpected = grounder.load_state_dict(load_file(weights_path), strict=False)
+        raise FileNotFoundError(f"checkpoint {name} has no {GROUNDER_FILE}")
+    try:
+        state = load_file(weights_path)
+    except Exception as error:  # noqa: BLE001 - safetensors reports damage as SafetensorError, OSError, ...
+        raise CheckpointError(f"{os.path.join(name, GROUNDER_FILE)} is not a readable safetensors file: {error}") from None
+    if clip_config.pretrained == CLIP_FILE:
+        clip_config = dataclasses.replace(clip_config, pretrained=os.path.join(directory, CLIP_FILE))
+        try:
+            clip = FrozenCLIP(clip_config)
+        except Exception as error:  # noqa: BLE001 - a damaged clip.safetensors
+            raise CheckpointError(f"{os.path.join(name, CLIP_FILE)} cannot be loaded: {type(error).__name__}: {error}") from None
+    else:
+        clip = FrozenCLIP(clip_config)
+    grounder = Grounder(dataclasses.replace(config, clip=clip_config), clip)
+    missing, unexpected = grounder.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("clip.")]
     if missing or unexpected:
-        raise ValueError(f"checkpoint {weights_path} does not match the model: missing {missing}, unexpected {unexpected}")
+        raise CheckpointError(f"checkpoint {os.path.join(name, GROUNDER_FILE)} does not match the model: missing {missing}, unexpected {unexpected}")
     grounder.config = config
-    return grounder.to(device)
+    return grounder
 
 
 # --------------------------------------------------------------------------------------------------

@@ -178,10 +178,13 @@ def load_training_state(directory: str, model: nn.Module, optimizer: torch.optim
     path = os.path.join(directory, TRAINING_STATE)
     if not os.path.isfile(path):
         raise TrainingStateError(f"{path} is missing: not a training checkpoint")
+    if os.path.getsize(path) == 0:
+        raise TrainingStateError(f"{path} is empty (0 bytes): it cannot resume a run")
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as error:  # noqa: BLE001 - truncated or garbage files fail in several ways
-        raise TrainingStateError(f"{path} cannot be read: {type(error).__name__}: {str(error).splitlines()[0]}") from None
+        reason = (str(error).strip().splitlines() or [""])[0]
+        raise TrainingStateError(f"{path} cannot be read: {type(error).__name__}: {reason}") from None
     if not isinstance(state, dict):
         raise TrainingStateError(f"{path} holds a {type(state).__name__}, not a training state")
     missing = [k for k in ("model", "optimizer") if not state.get(k)] + ([] if isinstance(state.get("step"), int) else ["step"])

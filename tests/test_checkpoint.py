@@ -1,4 +1,5 @@
 import json
+import os
 import sys
 import types
 from pathlib import Path
@@ -184,3 +185,87 @@ def test_import_official_tells_damaged_files_from_pickles(tmp_path, content, mes
 def test_import_official_cli_names_a_missing_file(tmp_path):
     with pytest.raises(SystemExit, match="not found: .*missing.pth"):
         checkpoint_main(["import-official", str(tmp_path / "missing.pth"), str(tmp_path / "out")])
+
+
+# --------------------------------------------------------------------------------------------------
+# damaged checkpoints: errors that name the file, and a run folder falls back to its last intact checkpoint
+
+def run_folder_with_two_checkpoints(root) -> tuple[str, str, str]:
+    older, newer = str(root / "checkpoint_2026-01-01_00-00-00.000001"), str(root / "checkpoint_2026-01-01_00-00-10.000001")
+    save_grounder(older, make_grounder(seed=1))
+    save_grounder(newer, make_grounder(seed=2))
+    return str(root), older, newer
+
+
+@pytest.mark.parametrize("damage, file, message", [
+    ("garbage_config", "config.json", "is not a checkpoint's config"),
+    ("list_config", "config.json", "a JSON list, not an object"),
+    ("unknown_option", "config.json", "unknown GrounderConfig option"),
+    ("header_too_large", "grounder.safetensors", "not a readable safetensors file"),
+    ("truncated_weights", "grounder.safetensors", "not a readable safetensors file"),
+    ("truncated_clip", "clip.safetensors", "clip.safetensors"),
+])
+def test_a_damaged_checkpoint_is_an_error_naming_the_file(tmp_path, damage, file, message):
+    directory = tmp_path / "ckpt"
+    save_grounder(str(directory), make_grounder())
+    path = directory / file
+    if damage == "garbage_config":
+        path.write_bytes(b"\xff\xfe\x00garbage")
+    elif damage == "list_config":
+        path.write_text("[1, 2]")
+    elif damage == "unknown_option":
+        path.write_text(json.dumps({"nonsense": 1}))
+    elif damage == "header_too_large":
+        path.write_bytes((2**60).to_bytes(8, "little") + b"{}")
+    else:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match=message) as error:
+        load_grounder(str(directory))
+    assert str(path) in str(error.value)
+
+
+def test_a_run_folder_skips_its_damaged_latest_checkpoint_and_says_so(tmp_path):
+    from tcl.checkpoint import intact_checkpoint
+
+    run, older, newer = run_folder_with_two_checkpoints(tmp_path / "run")
+    (tmp_path / "run" / os.path.basename(newer) / "grounder.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.warns(UserWarning, match="1 newer checkpoint"):
+        loaded = load_grounder(run)
+    expected = trainable_state_dict(make_grounder(seed=1))
+    assert all(torch.equal(v, expected[k]) for k, v in trainable_state_dict(loaded).items())
+    assert intact_checkpoint(run)[0] == older  # what the jobs hand their actors
+    (tmp_path / "run" / os.path.basename(older) / "config.json").write_text("{")
+    with pytest.raises(ValueError, match="no intact checkpoint in"):
+        load_grounder(run)
+
+
+def test_a_hub_tag_that_is_not_cached_fails_at_once_when_offline(tmp_path, monkeypatch):
+    import time
+
+    import tcl.hub
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.cache/clip either
+    for offline_setting in (True, False):
+        if offline_setting:
+            monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        else:
+            monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+            monkeypatch.setattr(tcl.hub, "reachable", lambda host, *a, **k: False)  # as on a machine without a network
+        start = time.perf_counter()
+        with pytest.raises(FileNotFoundError, match="tag 'openai' of ViT-B-16 are not cached locally"):
+            FrozenCLIP(CLIPConfig("ViT-B-16", "openai"))
+        assert time.perf_counter() - start < 10
+
+
+def test_reachable_answers_within_its_time(tmp_path):
+    import socket
+
+    from tcl.hub import reachable
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        assert reachable("127.0.0.1", port, seconds=2)
+    assert not reachable("127.0.0.1", port, seconds=2)  # closed now

@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from jobs import train as train_job
@@ -20,7 +21,7 @@ def history(tmp_path, name: str) -> list[dict]:
         return [json.loads(line) for line in f]
 
 
-def test_train_resume_and_worker_failure(ray_cluster, tmp_path):
+def test_train_resume_and_worker_failure(ray_cluster, tmp_path, capsys):
     write_shards(str(tmp_path / "shards"), 32, corrupt=3)
 
     # uninterrupted: 6 steps
@@ -39,6 +40,23 @@ def test_train_resume_and_worker_failure(ray_cluster, tmp_path):
     assert [r["step"] for r in history(tmp_path, "resumed")] == [2, 4]
     run(tmp_path, "resumed", "optim.total_steps=6")
     assert [r["step"] for r in history(tmp_path, "resumed")] == steps
+
+    # the latest checkpoint (step 6) lost its weights: the run goes on from the one before (step 4), and says so
+    checkpoints = sorted(p for p in (tmp_path / "runs" / "resumed").glob("checkpoint_*") if p.is_dir())
+    state = torch.load(checkpoints[-1] / "training_state.pt", weights_only=True)
+    state["model"] = {}
+    torch.save(state, checkpoints[-1] / "training_state.pt")
+    capsys.readouterr()
+    run(tmp_path, "resumed", "optim.total_steps=8")
+    out = capsys.readouterr().out
+    assert "cannot be resumed from" in out and "has no model" in out
+    assert f"resumed from {checkpoints[0]} at step 4" in out
+    assert [r["step"] for r in history(tmp_path, "resumed")] == [2, 4, 6, 8]
+    # no intact checkpoint at all: the run stops, never a silent start from fresh weights
+    for checkpoint in (p for p in (tmp_path / "runs" / "resumed").glob("checkpoint_*") if p.is_dir()):
+        (checkpoint / "training_state.pt").write_bytes(b"")
+    with pytest.raises(Exception, match="no intact checkpoint to resume from"):
+        run(tmp_path, "resumed", "optim.total_steps=10")
 
     # a worker dies at step 3: Ray Train restarts the group from the step-2 checkpoint and finishes
     summary = run(tmp_path, "faulty", "optim.total_steps=6", "run.fail_at_step=3", "run.max_failures=1")
@@ -70,3 +88,4 @@ def test_shards_and_checkpoints_on_s3(ray_cluster, tmp_path, s3_server):
     from tcl.checkpoint import load_grounder
     grounder = load_grounder(f"{bucket}/runs/s3run", endpoint_url=s3_server.endpoint_url)
     assert grounder.patch_size == 8
+

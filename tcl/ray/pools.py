@@ -8,22 +8,24 @@ import time
 from typing import Callable
 
 from tcl import storage
-from tcl.console import Progress
+from tcl.console import Progress, say
 
 
 def checkpoint_for_actors(path: str) -> str:
     """A checkpoint path as the actors get it: a local checkpoint directory or run folder resolved
-    to an absolute checkpoint directory and checked to be one (one clear error on the driver rather
-    than one per actor); s3:// unchanged (each actor downloads it)."""
+    to its newest intact checkpoint directory, checked once on the driver (one clear error rather
+    than one per actor; damaged newer checkpoints skipped, and said so); s3:// unchanged (each
+    actor downloads it, skipping damaged ones the same way)."""
     import os
 
-    from tcl.checkpoint import load_grounder_config, resolve_checkpoint
+    from tcl.checkpoint import intact_checkpoint
 
     if storage.is_s3(path):
         return path
-    directory = os.path.abspath(resolve_checkpoint(path))
-    load_grounder_config(directory)
-    return directory
+    directory, skipped = intact_checkpoint(path)
+    for reason in skipped:
+        say(f"warning: skipping a damaged checkpoint: {reason}")
+    return os.path.abspath(directory)
 
 
 def actor_count(requested: int | None) -> tuple[int, bool]:
