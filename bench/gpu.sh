@@ -1,35 +1,43 @@
 #!/usr/bin/env bash
-# The GPU figures of bench/train_step.py and bench/inference.py in one call, for a lent GPU
-# machine that has PyTorch but neither open_clip nor Ray (neither benchmark needs Ray).
+# Every GPU figure of bench/ in one call, for the lent GPU machine (one H200, 16 CPUs, torch, no Ray,
+# no open_clip, no network). Prepare here with `bash ../shared/device/ray-bundle.sh` (-> .devbundle/,
+# Ray 2.60 trimmed plus open_clip and small wheels), then run there, carrying .devbundle:
 #
-#   bash bench/gpu.sh [OUTDIR]      # logs to OUTDIR (default: ./gpu-bench)
+#   bash bench/gpu.sh [OUTDIR]      # logs to OUTDIR (default: ./gpu-bench; use $OUT on the device)
 #
-# If ./.whl holds wheels (open_clip_torch, ftfy, wcwidth, downloaded where pip works), they are
-# installed into /tmp/site first. Each benchmark prints its own table; this script only runs them.
+# About 8 minutes in all; each benchmark is capped so that one stuck run cannot eat the rest. Each
+# prints its own table (both sides and their ratio); this script only runs them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-gpu-bench}"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # the tcl package from this checkout (not installed there)
-if compgen -G ".whl/*.whl" >/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+if [ -f .devbundle/install.sh ] && ! python3 -c "import ray, open_clip" 2>/dev/null; then
+    bash .devbundle/install.sh > "$out/install.txt" 2>&1 || { tail "$out/install.txt"; exit 1; }
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # the tcl package from this checkout (not installed there)
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,temperature.gpu --format=csv | tee "$out/gpu.txt"
-python3 -c "import torch, open_clip; print('torch', torch.__version__, 'open_clip', open_clip.__version__)" | tee -a "$out/gpu.txt"
+python3 -c "import torch, open_clip, ray; print('torch', torch.__version__, 'open_clip', open_clip.__version__, 'ray', ray.__version__)" \
+    | tee -a "$out/gpu.txt"
 
-run() {  # name, then the command
-    local name=$1; shift
+run() {  # name, seconds, then the command
+    local name=$1 limit=$2; shift 2
     echo "=== $name: $*"
-    timeout 240 "$@" 2>&1 | grep -v "No pretrained weights" | tee "$out/$name.txt"
+    timeout "$limit" "$@" 2>&1 | grep -v "No pretrained weights" | tee "$out/$name.txt"
 }
-# Training step: the paper's per-GPU batch (1024 over 16 GPUs = 64), bf16 as training runs on GPU;
-# fp32 on the same seed and inputs for the first step's losses; the copied block trainable; batch 128.
-run step-b64-bf16   python3 bench/train_step.py --device cuda --batch 64 --bf16 --steps 10
-run step-b64-fp32   python3 bench/train_step.py --device cuda --batch 64 --no-bf16 --steps 5
-run step-b64-bf16-unfrozen python3 bench/train_step.py --device cuda --batch 64 --bf16 --steps 10 --unfrozen
-run step-b128-bf16  python3 bench/train_step.py --device cuda --batch 128 --bf16 --steps 10
+# Training step alone: the paper's per-GPU batch (1024 over 16 GPUs = 64) in bf16; fp32 on the same
+# seed and inputs for the first step's losses.
+run step-b64-bf16   90 python3 bench/train_step.py --device cuda --batch 64 --bf16 --steps 10
+run step-b64-fp32   60 python3 bench/train_step.py --device cuda --batch 64 --no-bf16 --steps 5
+# Training fed by Ray Data into a Ray Train worker (TCL's stored size 683x512) against the bare step:
+# target >= 0.95x; per-epoch data-wait fractions.
+run train-pipeline 180 python3 bench/train_pipeline.py --device cuda --model ViT-B-16 --image-size 224 \
+    --stored-size 683x512 --batch 64 --count 2048 --num-cpus 16
+# The data pipeline alone on 16 CPUs: images/s against what one GPU consumes.
+run data-pipeline   60 python3 bench/data_pipeline.py --count 1024 --num-cpus 16 --repeats 2
 # Inference: the Segmenter against open_clip's bare image encoder (448x448, 21 texts).
-run infer-b32-bf16  python3 bench/inference.py --device cuda --precision bf16 --batch 32 --repeats 5
-run infer-b1-fp32   python3 bench/inference.py --device cuda --precision fp32 --batch 1 --repeats 5
+run infer-b32-bf16  60 python3 bench/inference.py --device cuda --precision bf16 --batch 32 --repeats 5
+# Batch segmentation job on the GPU actor against the Segmenter in one process.
+run batch-segment   90 python3 bench/batch_segment.py --device cuda --model ViT-B-16 --image-size 448 \
+    --images 600 --batch-size 16 --num-cpus 16

@@ -2,9 +2,11 @@
 (tcl.ray.local_cluster).
 
     python scripts/local_cluster.py --workers 2 --cpus-per-worker 4
-    # prints RAY_ADDRESS; in another shell:
-    RAY_ADDRESS=127.0.0.1:PORT python jobs/train.py --config configs/synthetic.yaml \\
+    # prints the addresses; in another shell, every command of docs/operations.md works against it:
+    export RAY_ADDRESS=http://127.0.0.1:8265
+    ray job submit --working-dir . -- python jobs/train.py --config configs/synthetic.yaml \\
         run.num_workers=2 'run.resources_per_worker={node_slot: 1}'
+    serve deploy serve/config.yaml
 
 Every worker node carries one unit of the custom resource `node_slot`, so asking each training
 worker (or actor) for `node_slot: 1` puts one per node. Ctrl-C stops the cluster.
@@ -22,9 +24,12 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--head-cpus", type=int, default=2)
     p.add_argument("--cpus-per-worker", type=int, default=2)
+    p.add_argument("--dashboard-port", type=int, default=8265)
     args = p.parse_args()
-    cluster = local_cluster.start(args.workers, args.head_cpus, args.cpus_per_worker)
-    print(f"head + {args.workers} worker nodes up: RAY_ADDRESS={cluster.address}  (Ctrl-C stops them)", flush=True)
+    cluster = local_cluster.start(args.workers, args.head_cpus, args.cpus_per_worker, dashboard_port=args.dashboard_port)
+    print(f"head + {args.workers} worker nodes up (Ctrl-C stops them)\n"
+          f"  jobs, serve deploy, ray job logs:  export RAY_ADDRESS={local_cluster.dashboard_url(cluster)}\n"
+          f"  a Python driver (ray.init):        RAY_ADDRESS={cluster.address}", flush=True)
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
     try:

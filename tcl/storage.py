@@ -4,14 +4,13 @@ A URI is either a local path (``/data/shards``, ``runs/x``, ``file:///data``) or
 ``resolve`` returns ``(filesystem, path)`` where ``path`` is what that filesystem expects (an absolute
 local path, or ``bucket/prefix`` for S3).
 
-S3 settings come from explicit arguments first, then the usual AWS environment variables:
-AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION / AWS_DEFAULT_REGION and
-AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL. Two details matter:
-
-* pyarrow's S3FileSystem ignores AWS_ENDPOINT_URL, so the endpoint is always passed explicitly as
-  ``endpoint_override`` (scheme stripped, ``scheme='http'`` for http endpoints such as MinIO or moto).
-* credentials found in the environment are passed explicitly too, so they travel inside the pickled
-  filesystem to Ray workers whose environment may not have them.
+S3 settings: the endpoint and region come from explicit arguments, then the environment
+(AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, AWS_REGION / AWS_DEFAULT_REGION). pyarrow's
+S3FileSystem ignores AWS_ENDPOINT_URL, so the endpoint is always passed explicitly. Credentials
+are never copied from the environment into the filesystem object: each process that uses it
+(the driver, every Ray worker on every node) finds its own through the AWS SDK's default chain
+(environment, ~/.aws, the node's instance profile, renewed before they expire), so no secret
+travels inside a pickled filesystem and a 12-hour run outlives a session token.
 
 No Ray import here: this module is used by jobs, tests and the serving code alike.
 """
@@ -48,14 +47,12 @@ def s3_filesystem(
     session_token: str | None = None,
     region: str | None = None,
 ) -> pafs.S3FileSystem:
-    """An S3FileSystem from explicit arguments, falling back to the AWS environment variables."""
+    """An S3FileSystem: endpoint and region from the arguments or the environment; credentials only
+    when given as arguments (otherwise each process's AWS default chain finds them)."""
     endpoint_url = endpoint_url or _env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
-    access_key = access_key or _env("AWS_ACCESS_KEY_ID")
-    secret_key = secret_key or _env("AWS_SECRET_ACCESS_KEY")
-    session_token = session_token or _env("AWS_SESSION_TOKEN")
     region = region or _env("AWS_REGION", "AWS_DEFAULT_REGION")
     if (access_key is None) != (secret_key is None):
-        raise ValueError("S3 credentials are incomplete: set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+        raise ValueError("S3 credentials are incomplete: give both the access key and the secret key")
 
     kwargs: dict = {}
     if access_key is not None:
@@ -74,13 +71,11 @@ def s3_filesystem(
 
 
 def s3_options(endpoint_url: str | None = None) -> dict:
-    """S3 settings from the arguments and this process's AWS environment variables, as keyword
-    arguments for the functions here: pass them to Ray tasks, whose environment may lack them."""
-    options = {
-        "endpoint_url": endpoint_url or _env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
-        "access_key": _env("AWS_ACCESS_KEY_ID"), "secret_key": _env("AWS_SECRET_ACCESS_KEY"),
-        "session_token": _env("AWS_SESSION_TOKEN"), "region": _env("AWS_REGION", "AWS_DEFAULT_REGION"),
-    }
+    """The S3 settings that are not secret (endpoint, region), from the arguments and this
+    process's environment, as keyword arguments for the functions here: pass them to Ray tasks,
+    whose environment may lack them. Credentials stay out: each process finds its own."""
+    options = {"endpoint_url": endpoint_url or _env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+               "region": _env("AWS_REGION", "AWS_DEFAULT_REGION")}
     return {k: v for k, v in options.items() if v}
 
 

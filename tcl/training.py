@@ -43,14 +43,15 @@ class OptimConfig:
 class RunConfig:
     name: str = "tcl"
     storage: str = "runs"  # local folder or s3:// prefix; the run lives in <storage>/<name>
-    num_workers: int = 1
+    num_workers: int = 1  # with min_workers: the most workers of an elastic run
+    min_workers: int | None = None  # elastic: Ray Train runs with min_workers..num_workers as nodes come and go
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     resources_per_worker: dict = dataclasses.field(default_factory=dict)  # extra Ray resources, e.g. {node_slot: 1}
     checkpoint_every: int = 1000
     checkpoints_to_keep: int = 2
     log_every: int = 20
-    max_failures: int = 0  # worker failures Ray Train restarts from the latest checkpoint
+    max_failures: int = 0  # worker failures Ray Train restarts from the latest checkpoint (-1: without limit, for spot nodes)
     seed: int = 0
     fail_at_step: int = -1  # test-only fault injection: rank 0 dies once at this step
 

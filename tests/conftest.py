@@ -5,7 +5,14 @@ import os
 
 import pytest
 
-from tests.helpers import make_grounder
+from tests.helpers import CREDENTIALS, make_grounder
+
+# Dummy AWS credentials for the whole session, set before any Ray process starts, so that every
+# process finds them as it would find its node's own (the project never copies them into objects).
+for _name, _value in CREDENTIALS.items():
+    os.environ.setdefault(_name, _value)
+# Ray Train's controller polls its workers every 2 s by default; every test run starts several.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 pytest_plugins = ["tests.s3_server"]
 

@@ -19,6 +19,15 @@ TINY = [
     "data.image_size=32", "optim.batch_size=8", "optim.warmup_steps=2", "run.num_workers=2",
     "run.cpus_per_worker=0.5", "run.log_every=2", "run.checkpoint_every=2",
 ]
+# dummy AWS credentials, for the moto S3 server and for every process of a test session
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",  # never ask a cloud metadata service for credentials
+}
 OPENAI_VIT_B16_REPO = "timm/vit_base_patch16_clip_224.openai"  # open_clip's hf_hub entry for ViT-B-16 / openai
 
 

@@ -26,15 +26,7 @@ from dataclasses import dataclass
 import pytest
 
 HOST = "127.0.0.1"
-CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_REGION": "us-east-1",
-    # Never ask a cloud metadata service for credentials.
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
+from tests.helpers import CREDENTIALS  # noqa: E402
 
 
 @dataclass

@@ -51,3 +51,20 @@ def test_two_actors_give_the_single_process_confusion_matrix(ray_cluster, tmp_pa
                                   "--actors", "1", "--baseline", "--output", str(tmp_path / "base"), *overrides])
     reference = evaluate(segmenter, open_custom(sets["shapes-stuff"]), baseline=True)
     assert np.array_equal(np.array(baseline[f"custom:{sets['shapes-stuff']}"]["confusion"]), reference.confusion.matrix)
+
+
+def test_actor_pools_wait_for_all_their_actors(ray_cluster):
+    """A dataset keeps the Ray Data context it was made with: the wait for the whole pool is set on
+    the dataset itself, or the first actor up takes every batch and the others idle."""
+    import ray
+
+    from tcl.ray.pools import map_with_pool
+
+    mapped = map_with_pool(ray.data.range(4), _Identity, {}, actors=2, use_gpu=False, batch_size=2, start_timeout_s=123)
+    assert mapped.context.wait_for_min_actors_s == 123
+    assert sorted(row["id"] for row in mapped.take_all()) == [0, 1, 2, 3]
+
+
+class _Identity:
+    def __call__(self, batch):
+        return batch

@@ -1,8 +1,13 @@
 """Multi-node behaviour on one machine: a head and two worker nodes (scripts/local_cluster.py, Ray's
 cluster utilities), each worker node with one `node_slot` so that one training worker, actor or
-replica lands on each. Nodes are stopped midway (without a graceful shutdown, as a lost machine)."""
+replica lands on each. Nodes are stopped midway (without a graceful shutdown, as a lost machine).
+The head's dashboard is on, so the commands users type reach it: `ray job submit`, `ray job logs`,
+`serve deploy`."""
 import json
 import os
+import re
+import subprocess
+import sys
 import threading
 import time
 
@@ -34,7 +39,7 @@ def cluster(_ray_session):
     from tcl.ray import runtime
 
     ray.shutdown()  # the session's single-node instance; the next test that needs it starts it again
-    cluster = local_cluster.start(workers=2, head_cpus=3, cpus_per_worker=2)
+    cluster = local_cluster.start(workers=2, head_cpus=3, cpus_per_worker=2, dashboard_port=free_port())
     runtime.init(address=cluster.address)
     yield cluster
     ray.shutdown()
@@ -184,4 +189,97 @@ def test_serve_with_a_replica_per_node_keeps_answering_when_one_node_is_lost(clu
     for t in threads:
         t.join(timeout=60)
     serve.shutdown()
+    local_cluster.add_worker(cluster, cpus=2)  # the node an autoscaler would start in its place, for the tests after this one
+    cluster.wait_for_nodes()
     assert all(ok is True for _, ok in log), "a request failed after retries, or was answered with wrong labels"
+
+
+# ------------------------------------------------------------------ the commands users type, against the cluster
+
+RAY = os.path.join(os.path.dirname(sys.executable), "ray")
+SERVE = os.path.join(os.path.dirname(sys.executable), "serve")
+
+
+def cli(*command: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_ray_job_submit_trains_on_the_cluster_and_its_log_reads_well(cluster, tmp_path):
+    """`ray job submit --working-dir .` as docs/operations.md has it: the code travels, the job joins
+    the cluster, trains to a checkpoint; `ray job logs` shows each step once and little else."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from tests.helpers import TINY, TRAIN_CONFIG, write_shards
+
+    url = local_cluster.dashboard_url(cluster)
+    write_shards(str(tmp_path / "shards"), 32)
+    job_id = f"tcl-test-{os.getpid()}"
+    runtime_env = '{"excludes": [".venv", "outputs", "runs", "data", ".git", "*.pyc", "__pycache__", ".devbundle"]}'
+    submitted = cli(RAY, "job", "submit", "--address", url, "--submission-id", job_id, "--working-dir", REPO,
+                    "--runtime-env-json", runtime_env, "--", sys.executable, "jobs/train.py", "--config", os.path.relpath(TRAIN_CONFIG, REPO),
+                    f"data.shards={tmp_path / 'shards'}", f"run.storage={tmp_path / 'runs'}", "run.name=submitted", *TINY,
+                    "optim.total_steps=8")
+    assert submitted.returncode == 0, f"{submitted.stdout[-4000:]}\n{submitted.stderr[-4000:]}"
+    status = JobSubmissionClient(url).get_job_status(job_id)
+    assert status == JobStatus.SUCCEEDED, f"{status}\n{submitted.stdout[-4000:]}\n{submitted.stderr[-2000:]}"
+    checkpoints = [p for p in (tmp_path / "runs" / "submitted").glob("checkpoint_*") if (p / "training_state.pt").exists()]
+    assert checkpoints and (tmp_path / "runs" / "submitted" / "metrics.jsonl").exists()
+
+    log = cli(RAY, "job", "logs", "--address", url, job_id).stdout.splitlines()
+    steps = [line for line in log if re.match(r"step \d+/8 ", line)]
+    assert [int(line.split()[1].split("/")[0]) for line in steps] == [2, 4, 6, 8]  # each logged step once, in order
+    text = "\n".join(log)
+    for noise in ("Failed to query Ray Train Controller", "Reporting training result", "RayTrainWorker", "\x1b[A",
+                  "Execution plan", "Token authentication"):
+        assert noise not in text, noise
+    assert "Ray: joined" in text and "run folder:" in text
+    assert len(log) <= 20, text
+
+
+def test_serve_deploy_runs_the_installed_application_from_a_config(cluster, checkpoint, tmp_path):
+    """`serve deploy` with a config like serve/config.yaml: the application is imported from the
+    installed tcl package on the cluster's nodes (no working directory), and answers."""
+    import requests
+    import yaml
+
+    url = local_cluster.dashboard_url(cluster)
+    with open(os.path.join(REPO, "serve", "config.yaml")) as f:
+        config = yaml.safe_load(f)
+    port = free_port()
+    config["http_options"] = {"host": "127.0.0.1", "port": port}
+    [app] = config["applications"]
+    assert app["import_path"] == "tcl.ray.serve:build_app" and "runtime_env" not in app
+    app["args"]["checkpoint"] = checkpoint
+    app["args"]["segmenter"] = PROTOCOL
+    [deployment] = app["deployments"]
+    deployment["autoscaling_config"]["max_replicas"] = 1
+    deployment["ray_actor_options"]["num_cpus"] = 0.5
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    deployed = cli(SERVE, "deploy", str(path), "--address", url)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    try:
+        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/v1/health"), 180, "the deployed application to answer")
+        image = synthetic.scenes(1, seed=9, image_size=32)
+        [scene] = list(image)
+        answer = requests.post(f"http://127.0.0.1:{port}/v1/segment", files={"image": ("x.png", encode_image(scene.image), "image/png")},
+                               data={"texts": "a red star,grass,sky"}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        [expected] = Segmenter.from_checkpoint(checkpoint, **PROTOCOL).segment(scene.image, ["a red star", "grass", "sky"])
+        from tcl.encoding import run_length_decode
+
+        assert np.array_equal(run_length_decode(answer.json()["labels"]), expected.labels)
+    finally:
+        shutdown = cli(SERVE, "shutdown", "--yes", "--address", url)
+        assert shutdown.returncode == 0, shutdown.stderr
+
+
+def _answers(url: str) -> bool:
+    import requests
+
+    try:
+        return requests.get(url, timeout=5).status_code == 200
+    except requests.RequestException:
+        return False

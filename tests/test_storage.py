@@ -43,9 +43,8 @@ def test_resolve_s3_endpoint_from_argument_and_env(monkeypatch):
 
     with pytest.raises(ValueError, match="not of the form"):
         storage.resolve("s3://b", endpoint_url="ftp://host")
-    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     with pytest.raises(ValueError, match="incomplete"):
-        storage.resolve("s3://b")
+        storage.s3_filesystem(access_key="k")  # explicit credentials come in pairs
 
 
 def test_join():
@@ -111,13 +110,23 @@ def test_s3_round_trip(s3_server):
     assert not storage.exists(uri)
 
 
-def test_s3_filesystem_carries_credentials_when_pickled(s3_server, monkeypatch):
-    bucket = s3_server.create_bucket("pickle-test")
-    fs, path = storage.resolve(storage.join(bucket, "k"), endpoint_url=s3_server.endpoint_url)
-    clone = pickle.loads(pickle.dumps(fs))
-    # A Ray worker may lack the AWS_* variables; the filesystem must not need them.
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-        monkeypatch.delenv(var, raising=False)
-    with clone.open_output_stream(path) as f:
-        f.write(b"ok")
-    assert s3_server.list_keys("pickle-test") == ["k"]
+def test_credentials_from_the_environment_never_travel_inside_the_filesystem(monkeypatch, s3_server):
+    """The filesystem object Ray pickles to workers on other machines carries the endpoint and the
+    region, not the secret: each process finds its own credentials (instance profile, env)."""
+    import pickle
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEYID1234")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "a-secret-that-must-stay-home")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "a-session-token-that-expires")
+    fs, _ = storage.resolve("s3://bucket/prefix", endpoint_url=s3_server.endpoint_url)
+    blob = pickle.dumps(fs)
+    for secret in (b"a-secret-that-must-stay-home", b"a-session-token-that-expires", b"AKIAEXAMPLEKEYID1234"):
+        assert secret not in blob
+    assert s3_server.endpoint_url.split("//")[1].encode() in blob
+    assert set(storage.s3_options()) <= {"endpoint_url", "region"}
+    # and it still works, finding the credentials in this process's environment (moto accepts any)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    bucket = s3_server.create_bucket("no-baked-keys")
+    storage.write_bytes_atomic(storage.join(bucket, "x.txt"), b"hello", endpoint_url=s3_server.endpoint_url)
+    assert storage.read_bytes(storage.join(bucket, "x.txt"), endpoint_url=s3_server.endpoint_url) == b"hello"

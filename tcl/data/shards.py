@@ -285,8 +285,9 @@ class ImageTextTransform:
         rng = np.random.default_rng()
         pixels: list[np.ndarray] = []
         captions: list[str] = []
+        kept: list[int] = []
         skipped: Counter[str] = Counter()
-        for data, caption in zip(batch["image"], batch["caption"]):
+        for row, (data, caption) in enumerate(zip(batch["image"], batch["caption"])):
             if isinstance(caption, bytes):
                 caption = caption.decode("utf-8", errors="replace")
             if not isinstance(caption, str):
@@ -298,6 +299,9 @@ class ImageTextTransform:
                 continue
             pixels.append(np.asarray(self._augment(img, rng), dtype=np.uint8))
             captions.append(caption)
+            kept.append(row)
+        # other columns (a row's position in the data stream, ...) travel with the rows kept
+        extra = {name: np.asarray(values)[kept] for name, values in batch.items() if name not in ("image", "caption")}
 
         if skipped:
             if self.skip_counter is not None:
@@ -308,6 +312,6 @@ class ImageTextTransform:
         s = self.image_size
         if not pixels:
             # Keep the token width of the other batches so Ray can concatenate blocks.
-            return {"image": np.zeros((0, 3, s, s), np.uint8), "text": self._tokenize([""])[:0]}
+            return {"image": np.zeros((0, 3, s, s), np.uint8), "text": self._tokenize([""])[:0], **extra}
         images = np.ascontiguousarray(np.stack(pixels).transpose(0, 3, 1, 2))  # [B, 3, S, S] uint8
-        return {"image": images, "text": self._tokenize(captions)}
+        return {"image": images, "text": self._tokenize(captions), **extra}

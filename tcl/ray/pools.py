@@ -44,7 +44,7 @@ def map_with_pool(dataset, actor_class: type, constructor_kwargs: dict, *, actor
     than waiting forever (GPU nodes may take minutes to come up)."""
     import ray
 
-    ray.data.DataContext.get_current().wait_for_min_actors_s = start_timeout_s
+    dataset.context.wait_for_min_actors_s = start_timeout_s  # a dataset keeps the context it was made with
     return dataset.map_batches(actor_class, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
                                num_gpus=1 if use_gpu else 0, num_cpus=0 if use_gpu else 1, resources=resources or None,
                                fn_constructor_kwargs=constructor_kwargs)

@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 
 from tcl.console import say
 
@@ -81,11 +82,15 @@ def driver_actor(cls: type):
     return ray.remote(num_cpus=0, scheduling_strategy=here)(cls).remote()
 
 
-class _Mailbox:
-    """The actor behind ConsoleRelay: lines in, lines out, in order."""
+class _RunMailbox:
+    """The small state a run's driver owns and its workers write: console lines (ConsoleRelay),
+    counts of skipped rows (tcl.ray.data.SkipCounter), the data stream's start
+    (tcl.ray.data.DataPosition). One actor for the three: one process fewer to start twice."""
 
     def __init__(self) -> None:
         self.lines: list[str] = []
+        self.reasons: Counter[str] = Counter()
+        self.position = 0
 
     def put(self, line: str) -> None:
         self.lines.append(line)
@@ -93,6 +98,26 @@ class _Mailbox:
     def take(self) -> list[str]:
         lines, self.lines = self.lines, []
         return lines
+
+    def add_counts(self, reasons: dict[str, int]) -> None:
+        self.reasons.update(reasons)
+
+    def counts(self) -> dict[str, int]:
+        return dict(self.reasons)
+
+    def reset_counts(self) -> None:
+        self.reasons.clear()
+
+    def set_position(self, position: int) -> None:
+        self.position = position
+
+    def get_position(self) -> int:
+        return self.position
+
+
+def run_mailbox():
+    """A _RunMailbox actor on the driver's node, for one run."""
+    return driver_actor(_RunMailbox)
 
 
 class ConsoleRelay:
@@ -102,8 +127,8 @@ class ConsoleRelay:
     call `put(line)` (fire and forget); on the driver, `with relay:` prints what arrives.
     """
 
-    def __init__(self) -> None:
-        self.actor = driver_actor(_Mailbox)
+    def __init__(self, mailbox=None) -> None:
+        self.actor = mailbox if mailbox is not None else run_mailbox()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

@@ -25,7 +25,10 @@ from tcl.training import (METRICS_FILE, TASKS, MetricsLog, TrainConfig, Training
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point. config: {"train": TrainConfig as a dict, "task": a name in TASKS,
-    "console": a ConsoleRelay for the lines the driver prints}."""
+    "console": a ConsoleRelay for the lines the driver prints, "position": the stream's
+    DataPosition, "items_per_epoch": the stream's row groups per epoch}."""
+    import dataclasses
+
     import ray.train
     from torch.nn.parallel import DistributedDataParallel
 
@@ -40,10 +43,19 @@ def train_loop_per_worker(config: dict) -> None:
         torch.cuda.set_device(device)
     torch.manual_seed(cfg.run.seed)
 
+    # The global batch split over however many workers there are (elastic runs vary): kept when
+    # they divide it, else the largest multiple of their number below it (and said so).
+    per_worker_batch = cfg.optim.batch_size // world_size
+    optim = dataclasses.replace(cfg.optim, batch_size=per_worker_batch * world_size)
+    if optim.batch_size != cfg.optim.batch_size and rank == 0:
+        console.put(f"warning: {world_size} workers do not divide the global batch {cfg.optim.batch_size}: "
+                    f"{per_worker_batch} per worker, {optim.batch_size} in all (the learning rate follows)")
+
     model = task.build(config["train"]).to(device)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=learning_rate(0, cfg.optim),
-                                  betas=cfg.optim.betas, eps=cfg.optim.eps)
-    step, history = resume(model, optimizer, task, device, console if rank == 0 else None)
+    optimizer = torch.optim.AdamW(param_groups(model, optim.weight_decay), lr=learning_rate(0, optim),
+                                  betas=optim.betas, eps=optim.eps)
+    step, history, data_position = resume(model, optimizer, task, device, console if rank == 0 else None)
+    config["position"].set(data_position)  # the stream starts there (every worker sets it before asking for data)
     torch.manual_seed(cfg.run.seed + 1000 * rank + step)  # different Gumbel noise per worker and after a resume
     task.on_step(model, step)
 
@@ -53,48 +65,95 @@ def train_loop_per_worker(config: dict) -> None:
         return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
     ddp_model = wrap(model)
-    per_worker_batch = cfg.optim.batch_size // world_size
     metrics_log = MetricsLog(None, history)
     shard = ray.train.get_dataset_shard("train")
     mean, std = cfg.model.grounder.image_mean, cfg.model.grounder.image_std
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    window_start, data_wait, window_samples = time.perf_counter(), 0.0, 0
+    items_per_epoch = config["items_per_epoch"]
+    seen = torch.tensor(data_position - 1, device=device)  # the furthest stream position this worker has consumed
+    window = Window()
+    epoch = EpochTimes(max(0, data_position) // items_per_epoch)
 
-    while step < cfg.optim.total_steps:
-        batches = shard.iter_torch_batches(batch_size=per_worker_batch, drop_last=True, device=device)
-        wait_start, epoch_start_step = time.perf_counter(), step
-        for batch in batches:
-            data_wait += time.perf_counter() - wait_start
-            if task.on_step(model, step):
-                ddp_model = wrap(model)  # DDP fixes its parameter set when built
-            if step == cfg.run.fail_at_step and rank == 0 and _first_failure(cfg):
-                os._exit(1)  # test-only: a worker dies; Ray Train restarts from the latest checkpoint
-            lr = learning_rate(step, cfg.optim)
-            images = normalize(batch["image"], mean, std)  # uint8 from the data pipeline
-            losses, grad_norm = training_step(ddp_model, model, optimizer, images, batch["text"], lr, autocast, cfg.optim.grad_clip)
-            step += 1
-            window_samples += per_worker_batch * world_size
+    wait_start = time.perf_counter()
+    for batch in shard.iter_torch_batches(batch_size=per_worker_batch, drop_last=True, device=device):
+        waited = time.perf_counter() - wait_start
+        window.wait += waited
+        epoch.wait += waited
+        if task.on_step(model, step):
+            ddp_model = wrap(model)  # DDP fixes its parameter set when built
+        if step == cfg.run.fail_at_step and rank == 0 and _first_failure(cfg):
+            os._exit(1)  # test-only: a worker dies; Ray Train restarts from the latest checkpoint
+        lr = learning_rate(step, optim)
+        images = normalize(batch["image"], mean, std)  # uint8 from the data pipeline
+        losses, grad_norm = training_step(ddp_model, model, optimizer, images, batch["text"], lr, autocast, optim.grad_clip)
+        seen = torch.maximum(seen, batch["position"].max())
+        step += 1
+        window.samples += optim.batch_size
+        epoch.samples += optim.batch_size
 
-            last = step >= cfg.optim.total_steps
-            if step % cfg.run.log_every == 0 or last:
-                elapsed = time.perf_counter() - window_start
-                record = {"step": step, "lr": lr, "grad_norm": float(grad_norm),
-                          **{f"loss/{k}": float(v.detach()) for k, v in losses.items()},
-                          "samples_per_s": window_samples / elapsed, "data_wait_fraction": data_wait / elapsed}
-                metrics_log.append(record)
+        last = step >= cfg.optim.total_steps
+        if step % cfg.run.log_every == 0 or last:
+            record = {"step": step, "lr": lr, "grad_norm": float(grad_norm),
+                      **{f"loss/{k}": float(v.detach()) for k, v in losses.items()}, **window.rates()}
+            current = int(seen.item()) // items_per_epoch
+            if current > epoch.number:  # an epoch ended in this window: its record, then the next one's
+                record["epoch_end"] = epoch.record(step)
                 if rank == 0:
-                    console.put(step_line(record, cfg.optim.total_steps))
-                window_start, data_wait, window_samples = time.perf_counter(), 0.0, 0
-                if step % cfg.run.checkpoint_every == 0 or last:
-                    _report_with_checkpoint(record, model, optimizer, step, metrics_log.history, task, rank)
-                else:
-                    ray.train.report(record)
-            if last:
-                break
-            wait_start = time.perf_counter()
-        if step == epoch_start_step:
-            raise ValueError(f"a pass over the data gave worker {rank} no full batch of {per_worker_batch}: the data set has "
-                             f"fewer usable rows than optim.batch_size={cfg.optim.batch_size}")
+                    console.put(epoch_line(record["epoch_end"]))
+                epoch = EpochTimes(current)
+            record["epoch"] = epoch.number
+            record["stream_position"] = int(seen.item())  # the furthest row group this worker has consumed
+            metrics_log.append(record)
+            if rank == 0:
+                console.put(step_line(record, cfg.optim.total_steps))
+            window = Window()
+            if step % cfg.run.checkpoint_every == 0 or last:
+                position = stream_position(seen, world_size)
+                _report_with_checkpoint(record, model, optimizer, step, metrics_log.history, task, rank, {"data_position": position})
+            else:
+                ray.train.report(record)
+        if last:
+            return
+        wait_start = time.perf_counter()
+    raise ValueError(f"the data ran out after step {step} of {cfg.optim.total_steps}: fewer usable rows than the run needs "
+                     f"(optim.batch_size={cfg.optim.batch_size} x optim.total_steps); are most images unreadable?")
+
+
+class Window:
+    """Samples and data-waiting time since the last logged step."""
+
+    def __init__(self) -> None:
+        self.start, self.wait, self.samples = time.perf_counter(), 0.0, 0
+
+    def rates(self) -> dict:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        return {"samples_per_s": self.samples / elapsed, "data_wait_fraction": self.wait / elapsed}
+
+
+class EpochTimes(Window):
+    """The same over one epoch of the stream."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__()
+        self.number = number
+
+    def record(self, step: int) -> dict:
+        return {"epoch": self.number, "step": step, **self.rates()}
+
+
+def stream_position(seen: torch.Tensor, world_size: int) -> int:
+    """Where a resumed run's stream starts: after the furthest position any worker consumed."""
+    if world_size > 1:
+        import torch.distributed as dist
+
+        seen = seen.clone()
+        dist.all_reduce(seen, op=dist.ReduceOp.MAX)
+    return int(seen.item()) + 1
+
+
+def epoch_line(record: dict) -> str:
+    return (f"epoch {record['epoch']} done at step {record['step']}: {record['samples_per_s']:.1f} samples/s, "
+            f"data wait {100 * record['data_wait_fraction']:.0f}%")
 
 
 def step_line(record: dict, total_steps: int) -> str:
@@ -103,20 +162,21 @@ def step_line(record: dict, total_steps: int) -> str:
             f"{record['samples_per_s']:.1f} samples/s  data wait {100 * record['data_wait_fraction']:.0f}%")
 
 
-def resume(model: nn.Module, optimizer, task, device: torch.device, console=None) -> tuple[int, list[dict]]:
-    """(step, metrics history) of the run's latest intact checkpoint, its state loaded into model
-    and optimizer; (0, []) for a new run. A damaged checkpoint is reported and the one before it
-    is tried; if none is intact, the run stops with the reasons rather than start from scratch."""
+def resume(model: nn.Module, optimizer, task, device: torch.device, console=None) -> tuple[int, list[dict], int]:
+    """(step, metrics history, data stream position) of the run's latest intact checkpoint, its
+    state loaded into model and optimizer; (0, [], 0) for a new run. A damaged checkpoint is
+    reported and the one before it tried; if none is intact, the run stops with the reasons
+    rather than start from scratch."""
     import ray.train
 
     latest = ray.train.get_checkpoint()
     if latest is None:
-        return 0, []
+        return 0, [], 0
     failures = []
     for checkpoint in [latest, *_older_checkpoints(latest)]:
         try:
             with checkpoint.as_directory() as directory:
-                step, history, _ = load_training_state(directory, model, optimizer, task, device)
+                step, history, extra = load_training_state(directory, model, optimizer, task, device)
         except TrainingStateError as error:
             failures.append(str(error))
             if console is not None:
@@ -124,7 +184,7 @@ def resume(model: nn.Module, optimizer, task, device: torch.device, console=None
             continue
         if console is not None:
             console.put(f"resumed from {checkpoint.path} at step {step}" + (f" ({len(failures)} damaged newer checkpoint(s) skipped)" if failures else ""))
-        return step, history
+        return step, history, int(extra.get("data_position", 0))
     raise TrainingStateError("no intact checkpoint to resume from:\n  " + "\n  ".join(failures))
 
 
@@ -143,7 +203,8 @@ def _older_checkpoints(latest) -> list:
     return [ray.train.Checkpoint(path, filesystem=latest.filesystem) for path in names if path < latest.path.rstrip("/")]
 
 
-def _report_with_checkpoint(record: dict, model: nn.Module, optimizer, step: int, history: list[dict], task, rank: int) -> None:
+def _report_with_checkpoint(record: dict, model: nn.Module, optimizer, step: int, history: list[dict], task, rank: int,
+                            extra: dict) -> None:
     import ray.train
 
     if rank != 0:
@@ -151,7 +212,7 @@ def _report_with_checkpoint(record: dict, model: nn.Module, optimizer, step: int
         return
     with tempfile.TemporaryDirectory() as directory:
         task.save(model, directory)
-        save_training_state(directory, model, optimizer, step, history)
+        save_training_state(directory, model, optimizer, step, history, extra)
         ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
@@ -175,6 +236,22 @@ def storage_for(uri: str, endpoint_url: str | None):
     return os.path.abspath(uri), None
 
 
+def check_workers(cfg: TrainConfig) -> int | tuple[int, int]:
+    """Ray Train's num_workers: run.num_workers, or (run.min_workers, run.num_workers) for an
+    elastic run, which Ray Train resizes as nodes come and go (spot instances). The global batch
+    must split over the fixed number of workers; an elastic run keeps it wherever the number of
+    workers divides it and otherwise rounds it down to a multiple (said on the console)."""
+    if cfg.run.min_workers is None:
+        if cfg.optim.batch_size % cfg.run.num_workers:
+            raise ValueError(f"optim.batch_size={cfg.optim.batch_size} must divide evenly over run.num_workers={cfg.run.num_workers}")
+        return cfg.run.num_workers
+    if not 1 <= cfg.run.min_workers <= cfg.run.num_workers:
+        raise ValueError(f"run.min_workers={cfg.run.min_workers} must be between 1 and run.num_workers={cfg.run.num_workers}")
+    if cfg.optim.batch_size < cfg.run.num_workers:
+        raise ValueError(f"optim.batch_size={cfg.optim.batch_size} is smaller than run.num_workers={cfg.run.num_workers}")
+    return (cfg.run.min_workers, cfg.run.num_workers)
+
+
 def fit(cfg: TrainConfig, task: str = "tcl") -> dict:
     """Train `task` ("tcl" or "clip") with Ray Train; the run folder <run.storage>/<run.name> gets
     the checkpoints, metrics.jsonl and loss_curves.png. Returns a summary (run folder, latest
@@ -184,19 +261,21 @@ def fit(cfg: TrainConfig, task: str = "tcl") -> dict:
     from ray.train.v2.api.config import LoggingConfig
 
     from tcl.clip import make_tokenizer
-    from tcl.ray.data import SkipCounter, training_dataset
-    from tcl.ray.runtime import ConsoleRelay, init
+    from tcl.ray.data import DataPosition, SkipCounter, training_stream
+    from tcl.ray.runtime import ConsoleRelay, init, run_mailbox
 
-    if cfg.optim.batch_size % cfg.run.num_workers:
-        raise ValueError(f"optim.batch_size={cfg.optim.batch_size} must divide evenly over run.num_workers={cfg.run.num_workers}")
     init()
-    skip_counter, console = SkipCounter(), ConsoleRelay()
+    workers = check_workers(cfg)
+    mailbox = run_mailbox()
+    skip_counter, console = SkipCounter(mailbox), ConsoleRelay(mailbox)
+    stream = training_stream(cfg, make_tokenizer(cfg.model.grounder.clip), skip_counter, position=DataPosition(mailbox))
     storage_path, filesystem = storage_for(cfg.run.storage, cfg.data.endpoint_url)
     run_dir = storage.join(cfg.run.storage, cfg.run.name)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": config_lib.to_dict(cfg), "task": task, "console": console},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu,
+        train_loop_config={"train": config_lib.to_dict(cfg), "task": task, "console": console, "position": stream.position,
+                           "items_per_epoch": stream.items_per_epoch},
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=cfg.run.use_gpu,
                                                resources_per_worker={"CPU": cfg.run.cpus_per_worker, **cfg.run.resources_per_worker}),
         run_config=ray.train.RunConfig(
             name=cfg.run.name, storage_path=storage_path, storage_filesystem=filesystem,
@@ -204,13 +283,18 @@ def fit(cfg: TrainConfig, task: str = "tcl") -> dict:
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.checkpoints_to_keep),
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
-        datasets={"train": training_dataset(cfg, make_tokenizer(cfg.model.grounder.clip), skip_counter)},
+        datasets={"train": stream.dataset},
     )
+    count = f"{workers[0]} to {workers[1]}" if isinstance(workers, tuple) else str(workers)
     say(f"training {task} in {run_dir}: {cfg.optim.total_steps} steps at batch {cfg.optim.batch_size} on "
-        f"{cfg.run.num_workers} {'GPU' if cfg.run.use_gpu else 'CPU'} worker(s)")
+        f"{count} {'GPU' if cfg.run.use_gpu else 'CPU'} worker(s)")
     with console:
-        result = trainer.fit()
-    summary = {"run_dir": run_dir, "checkpoint": None, "skipped_images": skip_counter.by_reason()}
+        try:
+            result = trainer.fit()
+        finally:
+            skipped = skip_counter.by_reason()
+    ray.kill(mailbox)  # the run's mailbox: read for the last time
+    summary = {"run_dir": run_dir, "checkpoint": None, "skipped_images": skipped}
     if result.checkpoint is not None:
         summary["checkpoint"] = result.checkpoint.path if filesystem is None else f"s3://{result.checkpoint.path}"
         with result.checkpoint.as_directory() as directory:
@@ -225,7 +309,6 @@ def fit(cfg: TrainConfig, task: str = "tcl") -> dict:
                 plot_loss_curves(history, png, title=f"{task} run {cfg.run.name}")
                 with open(png, "rb") as f:
                     storage.write_bytes_atomic(storage.join(run_dir, "loss_curves.png"), f.read(), endpoint_url=cfg.data.endpoint_url)
-    skipped = summary["skipped_images"]
     say(f"run folder: {run_dir}\nlatest checkpoint: {summary['checkpoint']}\n"
         f"images skipped as unreadable: {sum(skipped.values())}" + (f" {skipped}" if skipped else ""))
     return summary
