@@ -126,11 +126,9 @@ def stream_items(files: list[list[RowGroup]], seed: int, rows_needed: int, epoch
     return items, per_epoch
 
 
-class DataPosition:
-    """Where the stream starts: the position a resumed run's checkpoint recorded. Workers set it
-    when they resume (before they ask for data); the stream drops the items before it, so a run
-    restarted after a failure, or rerun, reads on from there. Kept in the run's mailbox actor on
-    the driver's node (tcl.ray.runtime)."""
+class _MailboxHandle:
+    """A handle on the run's mailbox actor (tcl.ray.runtime.run_mailbox, on the driver's node, so it
+    outlives any worker node a run loses); made on the driver, it pickles as the actor's handle."""
 
     def __init__(self, mailbox: Any = None):
         if mailbox is None:
@@ -140,7 +138,14 @@ class DataPosition:
         self._mailbox = mailbox
 
     def __reduce__(self):
-        return (DataPosition, (self._mailbox,))
+        return (type(self), (self._mailbox,))
+
+
+class DataPosition(_MailboxHandle):
+    """Where the stream starts: the position a resumed run's checkpoint recorded. Workers set it
+    when they resume (before they ask for data); the stream drops the items before it, so a run
+    restarted after a failure, or rerun, reads on from there. Kept in the run's mailbox actor on
+    the driver's node (tcl.ray.runtime)."""
 
     def set(self, position: int) -> None:
         import ray
@@ -215,7 +220,7 @@ def training_dataset(cfg, tokenizer, skip_counter: "SkipCounter | None" = None, 
     return training_stream(cfg, tokenizer, skip_counter, epochs=epochs).dataset
 
 
-class SkipCounter:
+class SkipCounter(_MailboxHandle):
     """Rows the transform dropped, by reason, counted across all Ray workers, in the run's mailbox
     actor on the driver's node (it must outlive any worker node a run loses). Create it on the
     driver and hand it to the transform; it pickles as a handle. Why an actor rather than a
@@ -223,16 +228,6 @@ class SkipCounter:
     bad would lose its count. `add` is awaited (it only happens for batches with bad rows), so
     `total()` is exact once the batches that caused it have been produced.
     """
-
-    def __init__(self, mailbox: Any = None):
-        if mailbox is None:
-            from tcl.ray.runtime import run_mailbox
-
-            mailbox = run_mailbox()
-        self._mailbox = mailbox
-
-    def __reduce__(self):
-        return (SkipCounter, (self._mailbox,))
 
     def add(self, reasons: dict[str, int]) -> None:
         import ray
