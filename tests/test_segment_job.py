@@ -194,6 +194,8 @@ def test_listing_follows_links_once_reports_loops_and_broken_links_and_keeps_hid
 
 
 def test_batch_job_reports_each_unusable_input_once_and_segments_hidden_names(ray_cluster, checkpoint, tmp_path):
+    import ray
+
     root = tmp_path / "in"
     root.mkdir()
     for i, name in enumerate(("a.png", "_x.png", ".x.png")):
@@ -204,8 +206,16 @@ def test_batch_job_reports_each_unusable_input_once_and_segments_hidden_names(ra
     (root / "folder.png").mkdir()
     (root / "broken.png").write_bytes(b"not a png")
     argv = ["--checkpoint", checkpoint, "--input", str(root), "--texts", "background,sky,grass", "--output", str(tmp_path / "out"),
-            "--actors", "1", *PROTOCOL]
-    summary = segment_job.main(argv)
+            *PROTOCOL]
+    # the first run as users start it, its console read whole: our lines, none of Ray Data's
+    console = subprocess.run([sys.executable, os.path.join(REPO, "jobs", "segment.py"), *argv, "--actors", "2",
+                              "--ray-address", ray.get_runtime_context().gcs_address],
+                             cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert console.returncode == 0, console.stdout + console.stderr
+    assert "segmented 3, unreadable 4 (listed in errors.jsonl)" in console.stdout
+    for ray_data_line in ("execution finished", "Progress bars disabled", "minimum number of concurrent actors"):
+        assert ray_data_line not in console.stdout + console.stderr  # kept in Ray Data's log file
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["images"] == 4 and summary["segmented_now"] == 3
     errors = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
     assert sorted(e["key"] for e in errors) == ["again", "broken.png", "folder.png", "gone.png"]  # each once

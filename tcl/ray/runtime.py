@@ -55,12 +55,18 @@ def init(address: str | None = None, num_cpus: int | None = None) -> None:
 
 
 def quiet_ray_data() -> None:
-    """No progress bars or execution banners from Ray Data: the jobs print their own progress."""
+    """No progress bars, execution banners or info lines from Ray Data on the console: the jobs
+    print their own progress. Ray Data's log file (ray-data/ in Ray's log folder) keeps every line;
+    its errors still reach the console."""
     from ray.data import DataContext
+    from ray.data._internal.logging import SessionFileHandler
 
     context = DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, SessionFileHandler):
+            handler.setLevel(logging.ERROR)
 
 
 def logs_folder() -> str:
