@@ -262,8 +262,11 @@ BACKGROUND = "background"
 
 def background_name(texts: Sequence[str]) -> str:
     """The threshold class's name: "background", unless a text is itself "background" (then the two
-    are kept apart as "background (threshold)")."""
-    return f"{BACKGROUND} (threshold)" if BACKGROUND in texts else BACKGROUND
+    are kept apart as "background (threshold)", and so on while the name is taken)."""
+    name = BACKGROUND
+    while name in texts:
+        name += " (threshold)"
+    return name
 
 
 def upsample(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +43,25 @@ def official_state(seed: int = 0, roles: tuple[str, ...] = ("trained",)) -> dict
     generator = torch.Generator().manual_seed(seed)
     return {entry["key"]: torch.randn(entry["shape"], generator=generator)
             for entry in official_fixture()["keys"] if entry["role"] in roles}
+
+
+def save_like_the_official_code(path, state) -> None:
+    """torch.save as kakaobrain/tcl utils/checkpoint.py:120-137 does: the model's state under "model",
+    beside the optimizer's and an OmegaConf DictConfig (here: a class of a package that is not installed)."""
+    fake = types.ModuleType("not_installed_omegaconf")
+
+    class DictConfig:
+        def __init__(self, content):
+            self.content = content
+
+    DictConfig.__module__, DictConfig.__qualname__ = fake.__name__, "DictConfig"
+    fake.DictConfig = DictConfig
+    sys.modules[fake.__name__] = fake
+    try:
+        torch.save({"model": state, "optimizer": {"state": {}}, "lr_scheduler": {}, "scaler": {}, "step": 50000,
+                    "config": DictConfig({"model": {"type": "TCL", "ie_freeze": 11}})}, path)
+    finally:
+        del sys.modules[fake.__name__]
 
 
 def openai_vit_b16_hub_cache(root: Path) -> Path:

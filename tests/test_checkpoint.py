@@ -1,7 +1,5 @@
 import json
 import os
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ from open_clip.transformer import QuickGELU
 from tcl.clip import CLIPConfig, FrozenCLIP
 from tcl.model import Grounder, GrounderConfig
 from tests.helpers import make_grounder
-from tests.helpers import official_fixture, official_state, openai_vit_b16_hub_cache
+from tests.helpers import official_fixture, official_state, openai_vit_b16_hub_cache, save_like_the_official_code
 
 
 def test_checkpoint_round_trip_gives_identical_segmentation(tmp_path):
@@ -121,25 +119,6 @@ def test_unknown_keys_and_other_copied_blocks_are_refused():
         official_to_grounder_state(renamed, 11)
 
 
-def _save_like_the_official_code(path, state):
-    """torch.save as kakaobrain/tcl utils/checkpoint.py:120-137 does: the model's state under "model",
-    beside the optimizer's and an OmegaConf DictConfig (here: a class of a package that is not installed)."""
-    fake = types.ModuleType("not_installed_omegaconf")
-
-    class DictConfig:
-        def __init__(self, content):
-            self.content = content
-
-    DictConfig.__module__, DictConfig.__qualname__ = fake.__name__, "DictConfig"
-    fake.DictConfig = DictConfig
-    sys.modules[fake.__name__] = fake
-    try:
-        torch.save({"model": state, "optimizer": {"state": {}}, "lr_scheduler": {}, "scaler": {}, "step": 50000,
-                    "config": DictConfig({"model": {"type": "TCL", "ie_freeze": 11}})}, path)
-    finally:
-        del sys.modules[fake.__name__]
-
-
 def test_import_refuses_a_file_missing_a_trained_key_before_loading_any_weights(tmp_path):
     state = official_state()
     del state["masker.sim2mask.b"]
@@ -151,7 +130,7 @@ def test_import_refuses_a_file_missing_a_trained_key_before_loading_any_weights(
 
 def test_import_official_places_every_key_on_the_openai_quickgelu_clip(tmp_path, offline_hub):
     official = official_state(seed=1, roles=("trained", "training-only"))
-    _save_like_the_official_code(tmp_path / "tcl.pth", official)
+    save_like_the_official_code(tmp_path / "tcl.pth", official)
     with pytest.raises(ValueError, match="--trust-pickle"):
         import_official(str(tmp_path / "tcl.pth"), str(tmp_path / "imported"))
     import_official(str(tmp_path / "tcl.pth"), str(tmp_path / "imported"), trust_pickle=True)

@@ -186,3 +186,5 @@ def test_a_text_named_background_is_kept_apart_from_the_threshold_class(grounder
     assert segmenter.class_names(["background", "sky"]) == result.class_names
     [plain] = segmenter.segment(_image(40, 40), ["background", "sky"], background_threshold=None)
     assert plain.class_names == ["background", "sky"]
+    taken = ["background", "background (threshold)"]  # every class keeps a name of its own
+    assert segmenter.class_names(taken) == ["background (threshold) (threshold)", *taken]

@@ -169,6 +169,14 @@ def test_bad_input_is_a_4xx_naming_the_problem_and_the_service_keeps_serving(ser
     assert segment(service, good).status_code == 200  # and the next good request still succeeds
 
 
+def test_a_request_line_too_long_for_the_http_server_is_a_400_and_the_service_keeps_serving(service):
+    """Refused by uvicorn inside Serve's proxy before our code (plain text, documented in serve/README.md)."""
+    answer = requests.post(f"{service}/v1/segment?q={'a' * 2**16}", files={"image": ("x.png", encode_image(picture(4)), "image/png")},
+                           data={"texts": "sky"}, timeout=60)
+    assert answer.status_code == 400
+    assert segment(service, encode_image(picture(4))).status_code == 200
+
+
 def test_concurrent_requests_all_succeed_and_are_batched(service, direct):
     images = [picture(100 + i) for i in range(32)]
     texts = [TEXTS if i % 2 else ["grass", f"a {i} pointed star"] for i in range(32)]  # different texts, one batch
@@ -228,6 +236,13 @@ def test_web_page_in_a_headless_browser(service, tmp_path):
         assert sorted(names) == sorted(["background", "a red star", "grass", "sky"])
         areas = [float(e.text.rstrip("%")) for e in driver.find_elements(By.CSS_SELECTOR, "#legend li .area")]
         assert sum(areas) == pytest.approx(100, abs=0.5)
+        assert driver.find_element(By.ID, "status").text.endswith("background threshold 0.4, PAMR on")
+
+        # without PAMR the page follows the same rule as the API and the jobs: 0.5
+        driver.find_element(By.ID, "pamr").click()
+        driver.find_element(By.ID, "segment").click()
+        WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "status").text.endswith("PAMR off"))
+        assert driver.find_element(By.ID, "status").text.endswith("background threshold 0.5, PAMR off")
 
         # a bad request shows the service's message on the page
         driver.find_element(By.ID, "threshold").clear()
@@ -371,3 +386,42 @@ def test_the_cpu_config_fits_a_two_core_machine():
         [deployment] = yaml.safe_load(f)["applications"][0]["deployments"]
     cpus = deployment["ray_actor_options"]["num_cpus"] * deployment["autoscaling_config"]["max_replicas"]
     assert cpus <= 2, f"{cpus} CPUs at the most replicas: they could not all start on a 2-core machine"
+
+
+def test_no_pamr_means_the_same_in_evaluation_batch_segmentation_and_serve(service, checkpoint, direct, tmp_path):
+    """`--no-pamr` in jobs/evaluate.py and jobs/segment.py, `pamr=false` in Serve: one rule (the
+    background threshold becomes 0.5, as the paper's protocol has it), so one answer on one image."""
+    from jobs import evaluate as evaluate_job
+    from jobs import segment as segment_job
+    from tcl.data import synthetic
+    from tcl.data.benchmarks import open_custom
+    from tcl.metrics import confusion_matrix
+
+    folder = synthetic.write_eval_set(str(tmp_path / "set"), "shapes-things", count=1, seed=4, image_size=48)
+    benchmark = open_custom(folder)
+    [sample] = benchmark.samples
+    image, truth = benchmark.load(sample)
+    texts = list(benchmark.prompt_names)
+    flags = ["--short-side", "32", "--window", "32", "--stride", "16", "--no-pamr"]
+
+    rows = evaluate_job.main(["--checkpoint", checkpoint, "--datasets", f"custom:{folder}", "--output", str(tmp_path / "eval"),
+                              "--overlays", "0", "--actors", "1", *flags])
+    [evaluated] = rows.values()
+    (tmp_path / "in").mkdir()
+    image.save(tmp_path / "in" / "one.png")
+    segment_job.main(["--checkpoint", checkpoint, "--input", str(tmp_path / "in"), "--texts", ",".join(texts),
+                      "--output", str(tmp_path / "out"), "--actors", "1", *flags])
+    from tcl.batch import output_name
+
+    with Image.open(tmp_path / "out" / "labels" / f"{output_name('one.png')}.png") as png:
+        batch_labels = np.asarray(png)
+    answer = segment(service, encode_image(image), texts=texts, pamr="false", format="json")
+    assert answer.status_code == 200 and answer.json()["background_threshold"] == 0.5 and answer.json()["pamr"] is False
+    served = run_length_decode(answer.json()["labels"])
+
+    [reference] = direct.segment([image], texts, pamr=False, background_threshold=0.5)
+    [at_pamrs_threshold] = direct.segment([image], texts, pamr=False, background_threshold=0.4)
+    assert not np.array_equal(reference.labels, at_pamrs_threshold.labels)  # the rule decides pixels here
+    assert np.array_equal(served, reference.labels) and np.array_equal(batch_labels, reference.labels)
+    assert np.array_equal(np.array(evaluated["confusion"]),
+                          confusion_matrix(reference.labels, truth, benchmark.num_classes, benchmark.ignore_index))

@@ -14,8 +14,7 @@ import pytest
 from tcl.data.benchmarks import open_benchmark
 from tcl.evaluation import evaluate
 from tcl.segment import Segmenter
-from tests.helpers import make_layout, official_state, openai_vit_b16_hub_cache
-from tests.test_checkpoint import _save_like_the_official_code
+from tests.helpers import make_layout, official_state, openai_vit_b16_hub_cache, save_like_the_official_code
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROTOCOL = ["--short-side", "32", "--window", "32", "--stride", "16"]
@@ -32,7 +31,7 @@ def run(command: list[str], env: dict) -> str:
 def test_import_official_then_evaluate_writes_the_table(tmp_path, monkeypatch):
     hub = openai_vit_b16_hub_cache(tmp_path / "hub")
     env = {**os.environ, "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1", "PYTHONPATH": REPO}
-    _save_like_the_official_code(tmp_path / "tcl.pth", official_state(seed=5))
+    save_like_the_official_code(tmp_path / "tcl.pth", official_state(seed=5))
     checkpoint = tmp_path / "checkpoints" / "tcl-official"
     out = run([sys.executable, "-m", "tcl.checkpoint", "import-official", str(tmp_path / "tcl.pth"), str(checkpoint), "--trust-pickle"], env)
     assert f"wrote {checkpoint}" in out

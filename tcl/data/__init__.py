@@ -1,1 +1,1 @@
-"""Data: training shards, the synthetic world, evaluation benchmarks (the only part of `tcl` that imports Ray)."""
+"""Data: training shards, the synthetic world, evaluation benchmarks (no Ray here: the Ray Data pipelines are in tcl/ray/data.py)."""
