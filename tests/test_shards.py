@@ -128,6 +128,20 @@ def test_shard_writer_layout(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [p.rsplit("/", 1)[1] for p in paths]  # no temp files
 
 
+def test_the_training_stream_reads_the_configured_columns(tmp_path):
+    """data.image_column / data.caption_column name columns that are not img2dataset's (checked
+    against the schema); without them the defaults are looked for, and their absence is named."""
+    from tcl.ray.data import list_row_groups
+
+    pq.write_table(pa.table({"picture": [b"x", b"y", b"z"], "words": ["a", "b", "c"]}), tmp_path / "a.parquet", row_group_size=2)
+    _, files, columns = list_row_groups(str(tmp_path), image_column="picture", caption_column="words")
+    assert columns == ("picture", "words") and [(g.index, g.rows) for g in files[0]] == [(0, 2), (1, 1)]
+    with pytest.raises(ValueError, match=r"no image column.*columns found: \['picture', 'words'\]"):
+        list_row_groups(str(tmp_path))
+    with pytest.raises(ValueError, match="caption column 'text' not found"):
+        list_row_groups(str(tmp_path), image_column="picture", caption_column="text")
+
+
 def test_missing_column_error_lists_columns(tmp_path):
     pq.write_table(pa.table({"jpg": [b"x"], "text": ["a"]}), tmp_path / "a.parquet")
     with pytest.raises(ValueError, match=r"no caption column.*columns found: \['jpg', 'text'\]"):

@@ -89,21 +89,27 @@ class RowGroup:
     rows: int
 
 
-def list_row_groups(uri: str, endpoint_url: str | None = None, threads: int = 32) -> tuple[Any, list[list[RowGroup]], tuple[str, str]]:
+def list_row_groups(uri: str, endpoint_url: str | None = None, image_column: str | None = None,
+                    caption_column: str | None = None, threads: int = 32) -> tuple[Any, list[list[RowGroup]], tuple[str, str]]:
     """(filesystem, the row groups of each shard file in sorted file order, (image column,
-    caption column)); footers read in `threads` threads (they are small; on S3 each is a request)."""
+    caption column): the ones named, checked, else the defaults found in the first file's schema).
+    One listing; the footers (small; on S3 one request each) read in `threads` threads."""
     files = find_shard_files(uri, endpoint_url=endpoint_url)
-    columns = resolve_columns(uri, endpoint_url=endpoint_url)
     filesystem, _ = storage.resolve(files[0], endpoint_url=endpoint_url)
     paths = [storage.resolve(f, endpoint_url=endpoint_url)[1] for f in files]
 
-    def groups(path: str) -> list[RowGroup]:
+    def footer(path: str):
         with filesystem.open_input_file(path) as f:
-            metadata = pq.ParquetFile(f).metadata
-        return [RowGroup(path, i, metadata.row_group(i).num_rows) for i in range(metadata.num_row_groups)]
+            return pq.ParquetFile(f).metadata
 
     with ThreadPoolExecutor(max(1, min(threads, len(paths)))) as pool:
-        return filesystem, list(pool.map(groups, paths)), columns
+        footers = list(pool.map(footer, paths))
+    names = footers[0].schema.to_arrow_schema().names
+    columns = (pick_column(names, image_column, DEFAULT_IMAGE_COLUMNS, "image", files[0]),
+               pick_column(names, caption_column, DEFAULT_CAPTION_COLUMNS, "caption", files[0]))
+    groups = [[RowGroup(path, i, metadata.row_group(i).num_rows) for i in range(metadata.num_row_groups)]
+              for path, metadata in zip(paths, footers)]
+    return filesystem, groups, columns
 
 
 def stream_items(files: list[list[RowGroup]], seed: int, rows_needed: int, epochs: int | None = None) -> tuple[list[dict], int]:
@@ -188,7 +194,6 @@ class TrainingStream:
     dataset: Any  # the Ray Dataset: image uint8 [3, S, S], text int64 [L], position int64
     position: DataPosition
     items_per_epoch: int
-    rows_per_epoch: int
 
 
 def training_stream(cfg, tokenizer, skip_counter: "SkipCounter | None" = None, epochs: int | None = None,
@@ -200,9 +205,7 @@ def training_stream(cfg, tokenizer, skip_counter: "SkipCounter | None" = None, e
 
     if not cfg.data.shards:
         raise ValueError("data.shards is not set: give the Parquet shards' folder or s3:// prefix (data.shards=...)")
-    filesystem, files, columns = list_row_groups(cfg.data.shards, cfg.data.endpoint_url)
-    image_column, caption_column = columns
-    columns = (cfg.data.image_column or image_column, cfg.data.caption_column or caption_column)
+    filesystem, files, columns = list_row_groups(cfg.data.shards, cfg.data.endpoint_url, cfg.data.image_column, cfg.data.caption_column)
     items, per_epoch = stream_items(files, cfg.run.seed, cfg.optim.total_steps * cfg.optim.batch_size, epochs)
     position = position if position is not None else DataPosition()
     transform = ImageTextTransform(tokenizer, image_size=cfg.data.image_size, scale=cfg.data.crop_scale, skip_counter=skip_counter)
@@ -211,7 +214,7 @@ def training_stream(cfg, tokenizer, skip_counter: "SkipCounter | None" = None, e
     dataset = (ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // 4)))
                .map_batches(_drop_consumed, fn_kwargs={"position": position}, batch_format="numpy", batch_size=None)
                .map_batches(_ReadRowGroup(filesystem, columns, transform, rows_per_batch=256), batch_format="numpy", batch_size=1))
-    return TrainingStream(dataset, position, per_epoch, sum(g.rows for groups in files for g in groups))
+    return TrainingStream(dataset, position, per_epoch)
 
 
 def training_dataset(cfg, tokenizer, skip_counter: "SkipCounter | None" = None, epochs: int = 1):

@@ -42,12 +42,8 @@ def map_with_pool(dataset, actor_class: type, constructor_kwargs: dict, *, actor
     there are GPUs. All actors start before the first batch, so the work spreads over all of them;
     a pool the cluster cannot place fails after `start_timeout_s` with Ray Data's error rather
     than waiting forever (GPU nodes may take minutes to come up)."""
-    import warnings
-
     import ray
 
-    # Ray Data warns when a small input gives the pool fewer blocks than actors: nothing to act on
-    warnings.filterwarnings("ignore", message="The minimum number of concurrent actors", category=UserWarning)
     dataset.context.wait_for_min_actors_s = start_timeout_s  # a dataset keeps the context it was made with
     return dataset.map_batches(actor_class, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
                                num_gpus=1 if use_gpu else 0, num_cpus=0 if use_gpu else 1, resources=resources or None,

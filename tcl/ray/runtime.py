@@ -58,6 +58,8 @@ def quiet_ray_data() -> None:
     """No progress bars, execution banners or info lines from Ray Data on the console: the jobs
     print their own progress. Ray Data's log file (ray-data/ in Ray's log folder) keeps every line;
     its errors still reach the console."""
+    import warnings
+
     from ray.data import DataContext
     from ray.data._internal.logging import SessionFileHandler
 
@@ -67,6 +69,8 @@ def quiet_ray_data() -> None:
     for handler in logging.getLogger("ray.data").handlers:
         if not isinstance(handler, SessionFileHandler):
             handler.setLevel(logging.ERROR)
+    # an actor pool given fewer blocks than actors (a small input): nothing for a user to act on
+    warnings.filterwarnings("ignore", message="The minimum number of concurrent actors", category=UserWarning)
 
 
 def logs_folder() -> str:
