@@ -24,6 +24,18 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def cosine_similarity_maps(dense_embedding: torch.Tensor, text_embedding: torch.Tensor) -> torch.Tensor:
+    """cos(text, pixel) for every text and pixel. [B, C, H, W] x [N, C] -> [B, N, H, W].
+
+    The same as F.normalize on both sides (the pixel norm clamped at 1e-12 as there), but the
+    pixels are divided by their norms after the product, on N maps instead of C: the [B, C, H, W]
+    map is read twice (norm, product) and never rewritten normalised."""
+    text = F.normalize(text_embedding, dim=-1).to(dense_embedding.dtype)
+    accumulate = torch.promote_types(dense_embedding.dtype, torch.float32)  # bf16 maps: norms in float32
+    norms = torch.linalg.vector_norm(dense_embedding, dim=1, keepdim=True, dtype=accumulate).clamp_min(1e-12)
+    return torch.einsum("bchw,nc->bnhw", dense_embedding, text) / norms
+
+
 @dataclasses.dataclass
 class GrounderConfig:
     clip: CLIPConfig = dataclasses.field(default_factory=CLIPConfig)
@@ -84,17 +96,12 @@ class Grounder(nn.Module):
 
     def mask_logits(self, dense_embedding: torch.Tensor, text_embedding: torch.Tensor) -> torch.Tensor:
         """Eq. 5 before the sigmoid: w * cos(text, pixel) + b. [B, C, H, W] x [N, C] -> [B, N, H, W]."""
-        similarity = torch.einsum(
-            "bchw,nc->bnhw", F.normalize(dense_embedding, dim=1), F.normalize(text_embedding, dim=-1).to(dense_embedding.dtype)
-        )
-        return self.mask_weight * similarity + self.mask_bias
+        return self.mask_weight * cosine_similarity_maps(dense_embedding, text_embedding) + self.mask_bias
 
     def knowledge_preservation_masks(self, penultimate: torch.Tensor, grid: tuple[int, int], text_embedding: torch.Tensor) -> torch.Tensor:
         """Masks from frozen CLIP's own dense features (Eq. 15's KP term). [B, N, h, w]."""
         clip_dense = self.clip.dense_embedding(penultimate, grid)
-        similarity = torch.einsum(
-            "bchw,nc->bnhw", F.normalize(clip_dense, dim=1), F.normalize(text_embedding, dim=-1).to(clip_dense.dtype)
-        )
+        similarity = cosine_similarity_maps(clip_dense, text_embedding)
         return torch.sigmoid((similarity - self.config.kp_threshold) * self.config.kp_temperature)
 
     @torch.no_grad()

@@ -157,8 +157,7 @@ class Segmenter:
         """The classes a call with these texts and overrides labels: "background" first when
         there is a background threshold, then the texts."""
         config = dataclasses.replace(self.config, **overrides) if overrides else self.config
-        threshold = background_threshold(config.background_threshold, config.pamr)
-        return ([background_name(texts)] if threshold is not None else []) + list(texts)
+        return classes(texts, background_threshold(config.background_threshold, config.pamr))
 
     @torch.no_grad()
     def segment(
@@ -196,21 +195,23 @@ class Segmenter:
         columns = [[column[t] for t in image_texts] for image_texts in texts]
         scores = self.resized_scores(tensors, text_embedding, columns, config)
         threshold = background_threshold(config.background_threshold, config.pamr)
-        results = []
-        for score, image, image_texts in zip(scores, tensors, texts):
+        labels, probabilities = [], []
+        for score, image in zip(scores, tensors):
             size = tuple(image.shape[-2:])
-            class_names = list(image_texts)
-            if threshold is not None:
-                class_names = [background_name(image_texts), *class_names]
-            if with_probabilities:
+            if with_probabilities:  # [1 + N, H, W] floats: copied to the host one image at a time
                 score = upsample(score, size)
                 if threshold is not None:  # Eq. 13 with a constant background score
                     score = torch.cat([torch.full_like(score[:1], threshold), score])
-                labels, probabilities = score.argmax(dim=0).cpu().numpy(), score.cpu().numpy()
+                labels.append(score.argmax(dim=0))
+                probabilities.append(score.cpu().numpy())
             else:
-                labels, probabilities = upsampled_labels(score, size, threshold).cpu().numpy(), None
-            results.append(Segmentation(labels=labels, probabilities=probabilities, class_names=class_names))
-        return results
+                labels.append(upsampled_labels(score, size, threshold))
+                probabilities.append(None)
+        # Every image's labels are queued on the device before the first copy waits for them, so a
+        # GPU never idles between images while the host issues the next image's work.
+        labels = [label.cpu().numpy() for label in labels]
+        return [Segmentation(labels=label, probabilities=probability, class_names=classes(image_texts, threshold))
+                for label, probability, image_texts in zip(labels, probabilities, texts)]
 
     def resized_scores(self, images: list[torch.Tensor], text_embedding: torch.Tensor, columns: list[list[int]],
                        config: SegmenterConfig) -> list[torch.Tensor]:
@@ -267,6 +268,11 @@ def background_name(texts: Sequence[str]) -> str:
     while name in texts:
         name += " (threshold)"
     return name
+
+
+def classes(texts: Sequence[str], threshold: float | None) -> list[str]:
+    """Class names in label order: the threshold class first where there is a threshold, then the texts."""
+    return ([background_name(texts)] if threshold is not None else []) + list(texts)
 
 
 def upsample(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from tcl.clip import CLIPConfig, FrozenCLIP, interpolate_positional_embedding, self_only_attention_block, tiny_model_cfg
 from tcl.decoder import GroundingDecoder
-from tcl.model import TCL, TCLConfig
+from tcl.model import TCL, TCLConfig, cosine_similarity_maps
 from tests.helpers import make_grounder, tiny_grounder_config
 
 
@@ -85,6 +85,23 @@ def test_mask_eq5_initial_values(grounder):
     text = dense[0, :, 0, 0].unsqueeze(0)  # cos = 1 at pixel (0, 0)
     logits = grounder.mask_logits(dense, text)
     assert logits[0, 0, 0, 0].item() == pytest.approx(10.0 - 2.5, abs=1e-5)
+
+
+def test_cosine_maps_equal_normalising_both_sides_in_value_and_gradient():
+    """Pixels divided by their norms after the product equal F.normalize on both sides (the
+    official form), gradients included, and a zero pixel gives 0 (F.normalize's clamp), not NaN."""
+    torch.manual_seed(0)
+    dense = torch.randn(2, 16, 5, 7, dtype=torch.float64)
+    dense[1, :, 2, 3] = 0.0
+    text = torch.randn(3, 16, dtype=torch.float64)
+    ours_input, reference_input = dense.clone().requires_grad_(), dense.clone().requires_grad_()
+    ours = cosine_similarity_maps(ours_input, text)
+    reference = torch.einsum("bchw,nc->bnhw", F.normalize(reference_input, dim=1), F.normalize(text, dim=-1))
+    assert torch.allclose(ours, reference, atol=1e-12) and ours[1, :, 2, 3].abs().max() == 0
+    weights = torch.randn_like(reference)
+    (ours * weights).sum().backward()
+    (reference * weights).sum().backward()
+    assert torch.allclose(ours_input.grad, reference_input.grad, atol=1e-12)
 
 
 def test_knowledge_preservation_mix(grounder):
