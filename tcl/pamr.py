@@ -61,7 +61,10 @@ class PAMR(nn.Module):
             out.addcmul_(neighbour, weights[:, k:k + 1])
         return out
 
+    # Under torch.compile this loop is not traced (10 unrolled iterations took minutes to compile);
+    # what it calls is, so one iteration compiles once into a fused pass and runs ten times.
     @torch.no_grad()
+    @torch.compiler.disable(recursive=False)
     def forward(self, image: torch.Tensor, masks: torch.Tensor, chunk_elements: int = 1 << 24) -> torch.Tensor:
         """image [B, 3, H, W] (any resolution: resized to the masks'); masks [B, N, h, w] -> refined
         [B, N, h, w], float32. Texts are refined a chunk at a time, each chunk's padded copy at most

@@ -55,6 +55,9 @@ class SegmenterConfig:
     windows_per_batch: int = 16
     max_window_texts: int = 1024  # windows x texts per model call, at most: bounds memory for many texts
     precision: str = "fp32"  # or "bf16" (autocast; GPU)
+    # torch.compile the model call and PAMR's iteration (fused element-wise passes; for GPUs). The
+    # first calls compile (tens of seconds; again for new window-batch shapes); results equal eager's.
+    compile: bool = False
 
 
 @dataclasses.dataclass
@@ -138,6 +141,7 @@ class Segmenter:
         self.grounder = grounder.to(self.device).eval()
         self.text_embeddings = TextEmbeddingCache(self.grounder.clip)
         self._pamr: dict[tuple, PAMR] = {}
+        self._compiled_predict_masks = None
 
     @classmethod
     def from_checkpoint(cls, path: str, device: str | torch.device | None = None, **overrides) -> "Segmenter":
@@ -152,6 +156,13 @@ class Segmenter:
         if key not in self._pamr:
             self._pamr[key] = PAMR(*key).to(self.device)
         return self._pamr[key]
+
+    def _predict_masks(self, config: SegmenterConfig):
+        if not config.compile:
+            return self.grounder.predict_masks
+        if self._compiled_predict_masks is None:
+            self._compiled_predict_masks = torch.compile(self.grounder.predict_masks)
+        return self._compiled_predict_masks
 
     def class_names(self, texts: Sequence[str], **overrides) -> list[str]:
         """The classes a call with these texts and overrides labels: "background" first when
@@ -235,7 +246,7 @@ class Segmenter:
                 pad = centered_padding(height, width, self.grounder.patch_size)
                 groups[(height + pad[2] + pad[3], width + pad[0] + pad[1])].append((index, box, pad))
 
-        refine = self._refiner(config)
+        refine, predict_masks = self._refiner(config), self._predict_masks(config)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
         # windows x texts per model call is bounded, so many texts (a batch of requests with
         # different ones) cost more calls, not more memory
@@ -245,7 +256,7 @@ class Segmenter:
                 chunk = windows[start:start + per_call]
                 batch = torch.stack([F.pad(resized[i][:, y1:y2, x1:x2], pad) for i, (y1, y2, x1, x2), pad in chunk])
                 with autocast:
-                    masks = self.grounder.predict_masks(batch, text_embedding, config.kp_weight, refine)
+                    masks = predict_masks(batch, text_embedding, config.kp_weight, refine)
                 if same_texts:
                     masks = [F.interpolate(masks[:, selections[0]].float(), size=padded_shape, mode="bilinear", align_corners=False)]
                     masks = masks[0]

@@ -1,8 +1,11 @@
 """Segmenter: sizes, windows, background threshold, batching, bad input."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch._dynamo.utils import counters
 
 from tcl.segment import Segmenter, SegmenterConfig, centered_padding, resized_shape, window_boxes
 
@@ -188,3 +191,18 @@ def test_a_text_named_background_is_kept_apart_from_the_threshold_class(grounder
     assert plain.class_names == ["background", "sky"]
     taken = ["background", "background (threshold)"]  # every class keeps a name of its own
     assert segmenter.class_names(taken) == ["background (threshold) (threshold)", *taken]
+
+
+def test_compiled_segmenter_gives_the_eager_labels_and_scores(grounder):
+    """SegmenterConfig.compile (torch.compile of the model call; PAMR's loop left out of the graph,
+    its iteration compiled alone): the eager path's labels and, to float rounding, its scores.
+    About a minute of compiling on 2 cores, so one image and one setting (PAMR on: every part)."""
+    counters.clear()
+    segmenter = Segmenter(grounder, dataclasses.replace(SMALL, pamr=True), device="cpu")
+    image, texts = _image(40, 56), ["star", "ring", "sky"]
+    [eager] = segmenter.segment(image, texts)
+    [compiled] = segmenter.segment(image, texts, compile=True)
+    assert np.array_equal(eager.labels, compiled.labels) and eager.class_names == compiled.class_names
+    assert np.allclose(eager.probabilities, compiled.probabilities, atol=1e-5)
+    # Dynamo traced the model call up to PAMR, PAMR's affinity, its iteration, the model call after
+    assert counters["stats"]["unique_graphs"] >= 4, dict(counters["stats"])
