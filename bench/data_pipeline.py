@@ -1,7 +1,7 @@
 """Samples/s per CPU of the training data pipeline on Ray Data against a bare single-process loop.
 
-(a) Ray Data: exactly the pipeline training consumes (`tcl.ray.data.training_dataset`: read_shards ->
-    map_batches(ImageTextTransform): decode, random resized crop, tokenize),
+(a) Ray Data: exactly the pipeline training consumes (`tcl.ray.data.training_dataset`: row groups
+    read, decoded, randomly resized and cropped and tokenized in one task each (ImageTextTransform)),
     consumed with iter_batches, on a local Ray instance with --num-cpus logical CPUs.
 (b) bare loop: one process reads the same Parquet files with pyarrow and applies the same
     ImageTextTransform to batches of the same size.

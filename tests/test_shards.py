@@ -20,7 +20,8 @@ from jobs import make_shards
 from tcl import storage
 from tcl import images
 from tcl.data import shards
-from tcl.ray.data import SkipCounter, read_shards
+from tcl.ray.data import SkipCounter, training_dataset
+from tcl.training import DataConfig, TrainConfig
 
 # Distinct solid colours, so a decoded/cropped image tells which row it came from.
 COLOURS = [(i * 37 % 256, i * 91 % 256, i * 53 % 256) for i in range(64)]
@@ -158,22 +159,27 @@ def test_missing_column_error_lists_columns(tmp_path):
 # --------------------------------------------------------------------------------------------------
 # through Ray Data
 
+def stream(uri: str, counter: SkipCounter | None = None, epochs: int = 1, **data):
+    """The training stream (tcl.ray.data.training_dataset: what training reads) over `epochs` passes."""
+    cfg = TrainConfig(data=DataConfig(shards=uri, image_size=8, **data))
+    return training_dataset(cfg, row_tokenizer, counter, epochs=epochs)
+
+
 def test_round_trip_through_ray(tmp_path, ray_session):
     n = 23
     shards.write_shards(((solid_png(i), caption(i)) for i in range(n)), str(tmp_path), rows_per_shard=5)
-
-    rows = read_shards(str(tmp_path), shuffle_files_seed=3).take_all()
-    assert sorted(r["caption"] for r in rows) == sorted(caption(i) for i in range(n))
-    assert set(rows[0]) == {"image", "caption"}
-    for r in rows:  # bytes come back unchanged
-        assert r["image"] == solid_png(int(r["caption"].split()[1]))
-
-    ds = read_shards(str(tmp_path)).map_batches(exact_transform(), batch_format="numpy", batch_size=4)
-    batches = list(ds.iter_batches(batch_size=8, batch_format="numpy"))
-    images = np.concatenate([b["image"] for b in batches])
-    text = np.concatenate([b["text"] for b in batches])
-    assert sorted(text[:, 0].tolist()) == list(range(n))
+    batches = list(stream(str(tmp_path), epochs=2).iter_batches(batch_size=8, batch_format="numpy"))
+    images, text = np.concatenate([b["image"] for b in batches]), np.concatenate([b["text"] for b in batches])
+    assert sorted(text[:, 0].tolist()) == sorted(list(range(n)) * 2)  # every row once an epoch
     check_rows(images, text)
+    # each row carries its row group's place in the stream: the plan's, with that group's row count
+    from tcl.ray.data import list_row_groups, stream_items
+
+    _, files, _ = list_row_groups(str(tmp_path))
+    items, _ = stream_items(files, seed=0, rows_needed=n, epochs=2)
+    rows = {(g.path, g.index): g.rows for groups in files for g in groups}
+    expected = [rows[(item["path"], item["row_group"])] for item in items]
+    assert np.bincount(np.concatenate([b["position"] for b in batches])).tolist() == expected
 
 
 @pytest.mark.parametrize("caption_col", ["txt", "caption"])
@@ -183,11 +189,9 @@ def test_img2dataset_column_names(tmp_path, ray_session, caption_col):
         "jpg": [solid_png(i) for i in range(3)], caption_col: [caption(i) for i in range(3)],
     })
     pq.write_table(table, tmp_path / "00000.parquet")
-    rows = read_shards(str(tmp_path), shuffle_files=False).take_all()
-    assert [set(r) for r in rows] == [{"image", "caption"}] * 3
-    assert sorted(r["caption"] for r in rows) == [caption(i) for i in range(3)]
-    rows = read_shards(str(tmp_path), image_column="jpg", caption_column="key").take_all()
-    assert sorted(r["caption"] for r in rows) == ["0", "1", "2"]
+    batch = stream(str(tmp_path)).take_batch(10, batch_format="numpy")
+    assert sorted(batch["text"][:, 0].tolist()) == [0, 1, 2]
+    check_rows(batch["image"], batch["text"])
 
 
 def test_corrupt_images_skipped_and_counted(tmp_path, ray_session):
@@ -202,9 +206,7 @@ def test_corrupt_images_skipped_and_counted(tmp_path, ray_session):
                    tmp_path / "shard-00001.parquet")
 
     counter = SkipCounter()
-    transform = shards.ImageTextTransform(row_tokenizer, image_size=8, scale=(1.0, 1.0), skip_counter=counter)
-    ds = read_shards(str(tmp_path)).map_batches(transform, batch_format="numpy", batch_size=4)
-    out = ds.take_all()
+    out = stream(str(tmp_path), counter).take_all()
     assert sorted(int(r["text"][0]) for r in out) == list(range(12))
     assert counter.total() == len(bad) + 2
     assert counter.by_reason()["missing"] == 1
@@ -219,15 +221,9 @@ def test_s3_write_and_read_through_ray(s3_server, ray_session):
     assert paths[0] == "s3://tcl-shards/train/v1/shard-00000.parquet"
     assert s3_server.list_keys("tcl-shards") == [f"train/v1/shard-0000{i}.parquet" for i in range(3)]
 
-    ds = read_shards(prefix, endpoint_url=s3_server.endpoint_url).map_batches(
-        exact_transform(), batch_format="numpy", batch_size=4)
-    batch = ds.take_batch(100, batch_format="numpy")
+    batch = stream(prefix, endpoint_url=s3_server.endpoint_url).take_batch(100, batch_format="numpy")
     assert sorted(batch["text"][:, 0].tolist()) == list(range(9))
     check_rows(batch["image"], batch["text"])
-
-    # An explicit pyarrow filesystem with a bucket-relative path works too.
-    fs, path = storage.resolve(prefix, endpoint_url=s3_server.endpoint_url)
-    assert read_shards(path, filesystem=fs).count() == 9
 
 
 # --------------------------------------------------------------------------------------------------
@@ -357,19 +353,20 @@ def test_make_shards_help_mentions_examples(capsys):
     assert "needs --images and --captions" in capsys.readouterr().err
 
 
-def test_file_order_reshuffled_per_epoch_and_reproducible(tmp_path, ray_session):
-    shards.write_shards(((solid_png(i), caption(i)) for i in range(8)), str(tmp_path), rows_per_shard=1)
-    ctx = ray_session.data.DataContext.get_current()
-    old = ctx.execution_options.preserve_order
-    ctx.execution_options.preserve_order = True  # so the row order shows the file order
-    try:
-        def epochs(ds, n=2):
-            return [[r["caption"] for r in ds.iter_rows()] for _ in range(n)]
+def test_file_order_reshuffled_per_epoch_and_reproducible(tmp_path):
+    """The stream's plan: each epoch every row group once, in a file order of its own; the same
+    seed gives the same sequence of orders, another seed another."""
+    from tcl.ray.data import list_row_groups, stream_items
 
-        first = epochs(read_shards(str(tmp_path), shuffle_files_seed=7))
-        again = epochs(read_shards(str(tmp_path), shuffle_files_seed=7))
-    finally:
-        ctx.execution_options.preserve_order = old
-    assert sorted(first[0]) == sorted(first[1]) == sorted(caption(i) for i in range(8))
-    assert first[0] != first[1]  # a new order each epoch (8! orders: a clash is ~0 probability)
-    assert first == again  # and the same sequence of orders for the same seed
+    shards.write_shards(((solid_png(i), caption(i)) for i in range(8)), str(tmp_path), rows_per_shard=1)
+    _, files, _ = list_row_groups(str(tmp_path))
+
+    def orders(seed: int) -> list[list[str]]:
+        items, per_epoch = stream_items(files, seed=seed, rows_needed=8, epochs=3)
+        assert per_epoch == 8 and [item["position"] for item in items] == list(range(24))
+        return [[item["path"] for item in items if item["epoch"] == e] for e in range(3)]
+
+    first = orders(7)
+    assert sorted(first[0]) == sorted(first[1]) == sorted(first[2]) and len(set(first[0])) == 8
+    assert first[0] != first[1] != first[2]  # a new order each epoch (8! orders: a clash is ~0 probability)
+    assert orders(7) == first and orders(8) != first

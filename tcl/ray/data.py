@@ -8,9 +8,8 @@ checkpoint recorded (`DataPosition`): the same epochs, the same file order, noth
 A row group is one task's work (read, decode, crop, tokenize), so the pipeline spreads over as
 many CPUs as there are row groups in flight.
 
-`read_shards` gives a plain Dataset with the canonical columns `image` (bytes) and `caption`, from
-a local folder or an s3:// prefix (tcl.storage resolves the filesystem). Bad rows are dropped and
-counted across all workers by a `SkipCounter`.
+The shards are a local folder or an s3:// prefix (tcl.storage resolves the filesystem). Bad rows
+are dropped and counted across all workers by a `SkipCounter`.
 """
 from __future__ import annotations
 
@@ -20,66 +19,10 @@ from typing import Any
 
 import numpy as np
 
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from tcl import storage
-from tcl.data.shards import (DEFAULT_CAPTION_COLUMNS, DEFAULT_IMAGE_COLUMNS, ImageTextTransform, find_shard_files,
-                             pick_column, resolve_columns)
-
-
-def read_shards(
-    uri: str,
-    *,
-    image_column: str | None = None,
-    caption_column: str | None = None,
-    filesystem: Any = None,
-    shuffle_files: bool = True,
-    shuffle_files_seed: int | None = None,
-    endpoint_url: str | None = None,
-):
-    """Parquet shards as a Ray Dataset with canonical columns `image` (bytes) and `caption` (str).
-
-    The columns default to img2dataset's names (`jpg`; `txt` then `caption`). File order is
-    shuffled per execution (epoch); with `shuffle_files_seed` the sequence of orders is
-    reproducible. `filesystem` overrides the one tcl.storage resolves (then `uri` is a path within
-    it, e.g. `bucket/prefix`).
-    """
-    import ray.data
-    from ray.data import FileShuffleConfig
-
-    if filesystem is None:
-        files = find_shard_files(uri, endpoint_url=endpoint_url)
-        image_col, caption_col = resolve_columns(uri, image_column=image_column, caption_column=caption_column,
-                                                 endpoint_url=endpoint_url)
-        filesystem, _ = storage.resolve(files[0], endpoint_url=endpoint_url)
-        paths = [storage.resolve(f, endpoint_url=endpoint_url)[1] for f in files]
-    else:
-        info = filesystem.get_file_info(uri)
-        if info.type == pafs.FileType.File:
-            paths = [uri]
-        else:
-            selector = pafs.FileSelector(uri, recursive=True)
-            paths = sorted(i.path for i in filesystem.get_file_info(selector)
-                           if i.path.endswith(".parquet") and not i.base_name.startswith((".", "_")))
-        if not paths:
-            raise FileNotFoundError(f"no .parquet files under {uri}")
-        names = pq.read_schema(paths[0], filesystem=filesystem).names
-        image_col = pick_column(names, image_column, DEFAULT_IMAGE_COLUMNS, "image", paths[0])
-        caption_col = pick_column(names, caption_column, DEFAULT_CAPTION_COLUMNS, "caption", paths[0])
-
-    if not shuffle_files:
-        shuffle = None
-    elif shuffle_files_seed is not None:
-        shuffle = FileShuffleConfig(seed=shuffle_files_seed, reseed_after_execution=True)
-    else:
-        shuffle = "files"
-    # select_columns (read_parquet(columns=...) is deprecated in Ray 2.60) is pushed down to the reader.
-    # Ray 2.60's Parquet reader packs row groups into read tasks of up to 128 MiB (measured), so
-    # the read granularity is not a parameter here.
-    dataset = ray.data.read_parquet(paths, filesystem=filesystem, shuffle=shuffle).select_columns([image_col, caption_col])
-    renames = {c: n for c, n in ((image_col, "image"), (caption_col, "caption")) if c != n}
-    return dataset.rename_columns(renames) if renames else dataset
+from tcl.data.shards import DEFAULT_CAPTION_COLUMNS, DEFAULT_IMAGE_COLUMNS, ImageTextTransform, find_shard_files, pick_column
 
 
 @dataclasses.dataclass(frozen=True)
