@@ -224,15 +224,30 @@ class Segmenter:
         return [Segmentation(labels=label, probabilities=probability, class_names=classes(image_texts, threshold))
                 for label, probability, image_texts in zip(labels, probabilities, texts)]
 
+    def preprocess(self, images: list[torch.Tensor], config: SegmenterConfig, max_pixels: int = 1 << 24) -> list[torch.Tensor]:
+        """Images [3, H, W] -> resized to the protocol's scale and normalised, on the device. Images of
+        one shape go to the device and through resize and normalisation together, at most
+        `max_pixels` source pixels at a time (the float copy of 16 M pixels is 192 MiB)."""
+        resized: list[torch.Tensor | None] = [None] * len(images)
+        by_shape: dict[tuple, list[int]] = defaultdict(list)
+        for index, image in enumerate(images):
+            by_shape[(tuple(image.shape), image.dtype)].append(index)
+        for ((_, height, width), _), indices in by_shape.items():
+            size = resized_shape(height, width, config.short_side, config.max_long_side)
+            per_group = max(1, max_pixels // (height * width))
+            for start in range(0, len(indices), per_group):
+                group = indices[start:start + per_group]
+                batch = torch.stack([images[i] for i in group]).to(self.device)
+                for i, image in zip(group, self.grounder.normalize(resize_image(batch, size))):
+                    resized[i] = image
+        return resized
+
     def resized_scores(self, images: list[torch.Tensor], text_embedding: torch.Tensor, columns: list[list[int]],
                        config: SegmenterConfig) -> list[torch.Tensor]:
         """Window-averaged mask scores at each image's resized scale, for its own texts:
         images [3, H, W] (uint8, or float in [0, 1]); columns[i] the rows of `text_embedding` that
         are image i's texts -> [len(columns[i]), h, w] each."""
-        resized = []
-        for image in images:
-            size = resized_shape(image.shape[1], image.shape[2], config.short_side, config.max_long_side)
-            resized.append(self.grounder.normalize(resize_image(image.to(self.device).unsqueeze(0), size))[0])
+        resized = self.preprocess(images, config)
         sums = [torch.zeros(len(cols), *im.shape[-2:], device=self.device) for cols, im in zip(columns, resized)]
         counts = [torch.zeros(1, *im.shape[-2:], device=self.device) for im in resized]
         selections = [torch.tensor(cols, device=self.device) for cols in columns]

@@ -206,3 +206,19 @@ def test_compiled_segmenter_gives_the_eager_labels_and_scores(grounder):
     assert np.allclose(eager.probabilities, compiled.probabilities, atol=1e-5)
     # Dynamo traced the model call up to PAMR, PAMR's affinity, its iteration, the model call after
     assert counters["stats"]["unique_graphs"] >= 4, dict(counters["stats"])
+
+
+def test_images_of_one_shape_are_preprocessed_together_with_the_same_values(grounder):
+    """Resize + normalisation of same-shaped images at once (bounded by max_pixels) equal the
+    image-at-a-time path exactly, whatever the mix of shapes and pixel types."""
+    from tcl.segment import resize_image, resized_shape, to_image_tensor
+
+    segmenter = Segmenter(grounder, SMALL, device="cpu")
+    rng = np.random.default_rng(3)
+    images = [to_image_tensor(_image(40, 56, seed=s)) for s in range(3)] + [to_image_tensor(_image(30, 20))]
+    images.insert(2, to_image_tensor(rng.random((40, 56, 3)).astype(np.float32)))  # same shape, float
+    expected = [grounder.normalize(resize_image(im.unsqueeze(0), resized_shape(*im.shape[1:], 32, 2048)))[0] for im in images]
+    for max_pixels in (1 << 24, 40 * 56 * 2, 1):  # all together; two at a time; one at a time
+        got = segmenter.preprocess(images, SMALL, max_pixels=max_pixels)
+        assert [g.shape for g in got] == [e.shape for e in expected]
+        assert all(torch.equal(g, e) for g, e in zip(got, expected)), max_pixels
