@@ -305,9 +305,17 @@ def peak_rss_mb(pid: int) -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
 
+BODY_MIB = 400
+
+
 def test_a_chunked_upload_over_the_limit_is_refused_while_it_streams(service):
     """A body with no Content-Length, far over the limit (1 MiB here): refused once the limit is
-    passed, without the replica holding it; the service answers the next request."""
+    passed, without the replica or the proxy holding it; the service answers the next request.
+
+    Both hold what arrived before the 413 went out (Serve moves the body to the replica in the
+    background: serve/README.md), which is a matter of timing, not of the body's size: 74-91 MiB
+    in the replica and up to 128 MiB in the proxy in runs here, for 200 MiB and 1000 MiB bodies
+    alike. So the body is 400 MiB and the bound half of it: holding the body would pass it."""
     before = requests.get(f"{service}/v1/info", timeout=30).json()["peak_memory_mb"]
     import ray
 
@@ -318,7 +326,7 @@ def test_a_chunked_upload_over_the_limit_is_refused_while_it_streams(service):
 
     def body():
         chunk = b"\0" * 2**20
-        for _ in range(200):  # 200 MiB
+        for _ in range(BODY_MIB):
             sent[0] += len(chunk)
             yield chunk
 
@@ -328,9 +336,9 @@ def test_a_chunked_upload_over_the_limit_is_refused_while_it_streams(service):
     except requests.ConnectionError:
         pass  # the server answered and closed while the client was still sending: also a refusal
     after = requests.get(f"{service}/v1/info", timeout=30).json()["peak_memory_mb"]
-    assert after - before < 64, (before, after)  # the replica never held the 200 MiB
+    assert after - before < BODY_MIB / 2, (before, after)  # the replica never held the body
     for pid, peak in proxy_before.items():  # nor the HTTP proxy in front of it
-        assert peak_rss_mb(pid) - peak < 64, (peak, peak_rss_mb(pid))
+        assert peak_rss_mb(pid) - peak < BODY_MIB / 2, (peak, peak_rss_mb(pid))
     assert proxy_before  # (the proxy may read the rest of the upload to keep the connection; it does not hold it)
     assert segment(service, encode_image(picture(14))).status_code == 200
 
