@@ -32,8 +32,8 @@ run() {  # group, name, seconds, then the command
     timeout "$limit" "$@" 2>&1 | grep -v "No pretrained weights" | tee "$out/$name.txt"
 }
 # Training step alone: the paper's per-GPU batch (1024 over 16 GPUs = 64) in bf16; fp32 on the same
-# seed and inputs for the first step's losses.
-run train step-b64-bf16   90 python3 bench/train_step.py --device cuda --batch 64 --bf16 --steps 10
+# seed and inputs for the first step's losses; the bf16 run then again with its repeated blocks compiled.
+run train step-b64-bf16  150 python3 bench/train_step.py --device cuda --batch 64 --bf16 --steps 10 --compile
 run train step-b64-fp32   60 python3 bench/train_step.py --device cuda --batch 64 --no-bf16 --steps 5
 # Training fed by Ray Data into a Ray Train worker (TCL's stored size 683x512) against the bare step:
 # target >= 0.95x; per-epoch data-wait fractions.
