@@ -25,13 +25,19 @@ def add_world_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_segmenter_arguments(parser: argparse.ArgumentParser, threshold: bool = True) -> None:
     """The protocol's knobs a user changes: the scale (--short-side, --window, --stride), PAMR, and
-    (with `threshold`) the background threshold."""
+    (with `threshold`) the background threshold; and the speed ones (--precision, --compile)."""
     group = parser.add_argument_group("segmentation protocol (defaults: the paper's)")
     group.add_argument("--short-side", type=int, default=None, help="resize so the short side is this (default: 448)")
     group.add_argument("--window", type=int, default=None, help="sliding window size (default: 448)")
     group.add_argument("--stride", type=int, default=None, help="sliding window stride (default: 224)")
     group.add_argument("--no-pamr", action="store_true",
                        help="without PAMR refinement (the background threshold then defaults to 0.5 instead of 0.4)")
+    speed = parser.add_argument_group("speed on GPUs (the paper's figures are fp32, uncompiled)")
+    speed.add_argument("--precision", choices=["fp32", "bf16"], default=None,
+                       help="bf16: the model under bf16 autocast (default: fp32)")
+    speed.add_argument("--compile", action="store_true",
+                       help="torch.compile the model: each actor first spends tens of seconds compiling; in fp32 the labels "
+                            "equal the uncompiled ones")
     if threshold:
         group.add_argument("--background-threshold", default="auto", type=parse_threshold,
                            help="score under which a pixel is background: a number in [0, 1], 'auto' (0.4 with "
@@ -42,6 +48,10 @@ def segmenter_overrides(args: argparse.Namespace) -> dict:
     """SegmenterConfig overrides from the flags of add_segmenter_arguments."""
     overrides = {field: getattr(args, field) for field in SEGMENTER_FLAGS if getattr(args, field, None)}
     overrides["pamr"] = not args.no_pamr
+    if args.precision:
+        overrides["precision"] = args.precision
+    if args.compile:
+        overrides["compile"] = True
     if hasattr(args, "background_threshold"):
         overrides["background_threshold"] = args.background_threshold
     return overrides

@@ -168,6 +168,11 @@ def test_segmenter_flags_name_the_protocol_defaults_and_override_only_what_is_gi
     assert segmenter_overrides(parser.parse_args([])) == {"pamr": True, "background_threshold": "auto"}
     assert segmenter_overrides(parser.parse_args(["--no-pamr", "--window", "64", "--background-threshold", "none"])) == \
         {"window": 64, "pamr": False, "background_threshold": None}
+    assert segmenter_overrides(parser.parse_args(["--precision", "bf16", "--compile"])) == \
+        {"pamr": True, "background_threshold": "auto", "precision": "bf16", "compile": True}
+    assert SegmenterConfig(**segmenter_overrides(parser.parse_args(["--precision", "bf16", "--compile"]))).compile
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--precision", "fp16"])
     with pytest.raises(SystemExit):
         parser.parse_args(["--background-threshold", "1.5"])
 

@@ -132,7 +132,8 @@ def run(job: EvaluationJob) -> dict:
     datasets = dataset_names(job.datasets)
     init()
     actors, use_gpu = actor_count(job.actors)
-    method = ("frozen CLIP baseline" if job.baseline else "TCL") + ("" if job.pamr else " (no PAMR)")
+    method = ("frozen CLIP baseline" if job.baseline else "TCL") + ("" if job.pamr else " (no PAMR)") + (
+        " (bf16)" if job.segmenter.get("precision") == "bf16" else "")  # the paper's figures are fp32
     rows = {}
     for dataset, (benchmark, confusion, facts) in zip(datasets, evaluate_datasets(job, datasets, checkpoint, actors, use_gpu)):
         result = EvaluationResult(benchmark.name, benchmark.class_names, confusion, len(benchmark), facts.pop("seconds"))
