@@ -36,8 +36,8 @@ def add_segmenter_arguments(parser: argparse.ArgumentParser, threshold: bool = T
     speed.add_argument("--precision", choices=["fp32", "bf16"], default=None,
                        help="bf16: the model under bf16 autocast (default: fp32)")
     speed.add_argument("--compile", action="store_true",
-                       help="torch.compile the model: each actor first spends tens of seconds compiling; in fp32 the labels "
-                            "equal the uncompiled ones")
+                       help="torch.compile the model: each actor first spends tens of seconds compiling; the same "
+                            "results to float rounding")
     if threshold:
         group.add_argument("--background-threshold", default="auto", type=parse_threshold,
                            help="score under which a pixel is background: a number in [0, 1], 'auto' (0.4 with "

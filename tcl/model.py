@@ -33,7 +33,10 @@ def cosine_similarity_maps(dense_embedding: torch.Tensor, text_embedding: torch.
     text = F.normalize(text_embedding, dim=-1).to(dense_embedding.dtype)
     accumulate = torch.promote_types(dense_embedding.dtype, torch.float32)  # bf16 maps: norms in float32
     norms = torch.linalg.vector_norm(dense_embedding, dim=1, keepdim=True, dtype=accumulate).clamp_min(1e-12)
-    return torch.einsum("bchw,nc->bnhw", dense_embedding, text) / norms
+    similarity = torch.einsum("bchw,nc->bnhw", dense_embedding, text)
+    # in the product's dtype: in bf16 training the [B, N, h, w] maps and everything the losses build
+    # from them stay half the size of float32 ones
+    return (similarity / norms).to(similarity.dtype)
 
 
 @dataclasses.dataclass

@@ -56,7 +56,8 @@ class SegmenterConfig:
     max_window_texts: int = 1024  # windows x texts per model call, at most: bounds memory for many texts
     precision: str = "fp32"  # or "bf16" (autocast; GPU)
     # torch.compile the model call and PAMR's iteration (fused element-wise passes; for GPUs). The
-    # first calls compile (tens of seconds; again for new window-batch shapes); results equal eager's.
+    # first calls compile (tens of seconds; again for new window-batch shapes); results equal eager's
+    # to float rounding (a pixel at a tie between two classes can go either way).
     compile: bool = False
 
 
@@ -191,7 +192,8 @@ class Segmenter:
         each image keeps its own texts' masks. How the server batches requests with different texts.
 
         Memory: the scores of an image are kept at the resized scale, for its own texts only; the
-        labels at the original size are computed a band of rows at a time. Only
+        labels at the original size are computed a band of rows at a time, and every image's stay on
+        the device until the last is done (one byte a pixel up to 256 classes). Only
         `with_probabilities=True` holds [1 + N, H, W] floats at the original size."""
         config = dataclasses.replace(self.config, **overrides) if overrides else self.config
         if len(images) != len(texts):
@@ -207,20 +209,22 @@ class Segmenter:
         scores = self.resized_scores(tensors, text_embedding, columns, config)
         threshold = background_threshold(config.background_threshold, config.pamr)
         labels, probabilities = [], []
-        for score, image in zip(scores, tensors):
+        for score, image, image_texts in zip(scores, tensors, texts):
             size = tuple(image.shape[-2:])
+            # held on the device until every image's are done: one byte a pixel for up to 256 classes
+            dtype = torch.uint8 if len(image_texts) < 256 else torch.int32
             if with_probabilities:  # [1 + N, H, W] floats: copied to the host one image at a time
                 score = upsample(score, size)
                 if threshold is not None:  # Eq. 13 with a constant background score
                     score = torch.cat([torch.full_like(score[:1], threshold), score])
-                labels.append(score.argmax(dim=0))
+                labels.append(score.argmax(dim=0).to(dtype))
                 probabilities.append(score.cpu().numpy())
             else:
-                labels.append(upsampled_labels(score, size, threshold))
+                labels.append(upsampled_labels(score, size, threshold, dtype=dtype))
                 probabilities.append(None)
         # Every image's labels are queued on the device before the first copy waits for them, so a
         # GPU never idles between images while the host issues the next image's work.
-        labels = [label.cpu().numpy() for label in labels]
+        labels = [label.cpu().numpy().astype(np.int64) for label in labels]
         return [Segmentation(labels=label, probabilities=probability, class_names=classes(image_texts, threshold))
                 for label, probability, image_texts in zip(labels, probabilities, texts)]
 
@@ -318,14 +322,15 @@ def _source_positions(out_size: int, in_size: int, device) -> tuple[torch.Tensor
     return first, second, source - first
 
 
-def upsampled_labels(scores: torch.Tensor, size: tuple[int, int], threshold: float | None, band_elements: int = 1 << 20) -> torch.Tensor:
+def upsampled_labels(scores: torch.Tensor, size: tuple[int, int], threshold: float | None, band_elements: int = 1 << 20,
+                     dtype: torch.dtype = torch.int64) -> torch.Tensor:
     """argmax over [threshold; upsample(scores, size)] (Eq. 13) without holding the upsampled
-    scores: a band of output rows at a time, with `band_elements` floats per band. [H, W] int64."""
+    scores: a band of output rows at a time, with `band_elements` floats per band. [H, W] `dtype`."""
     num, height, width = scores.shape
     out_h, out_w = size
     y0, y1, wy = _source_positions(out_h, height, scores.device)
     x0, x1, wx = _source_positions(out_w, width, scores.device)
-    labels = torch.empty(out_h, out_w, dtype=torch.int64, device=scores.device)
+    labels = torch.empty(out_h, out_w, dtype=dtype, device=scores.device)
     band = max(1, band_elements // max(1, num * out_w))
     for r0 in range(0, out_h, band):
         r1 = min(out_h, r0 + band)

@@ -102,6 +102,9 @@ def test_cosine_maps_equal_normalising_both_sides_in_value_and_gradient():
     (ours * weights).sum().backward()
     (reference * weights).sum().backward()
     assert torch.allclose(ours_input.grad, reference_input.grad, atol=1e-12)
+    # bf16 maps give bf16 similarities, as the product (normalising first) did: no float32 copy
+    bf16 = cosine_similarity_maps(dense.to(torch.bfloat16), text.float())
+    assert bf16.dtype == torch.bfloat16 and torch.allclose(bf16.double(), reference, atol=2e-2)
 
 
 def test_knowledge_preservation_mix(grounder):

@@ -222,3 +222,15 @@ def test_images_of_one_shape_are_preprocessed_together_with_the_same_values(grou
         got = segmenter.preprocess(images, SMALL, max_pixels=max_pixels)
         assert [g.shape for g in got] == [e.shape for e in expected]
         assert all(torch.equal(g, e) for g, e in zip(got, expected)), max_pixels
+
+
+def test_labels_past_255_classes_are_kept_whole(grounder):
+    """Labels wait on the device in one byte a pixel up to 256 classes, in four bytes past that:
+    with 300 texts, labels past 255 come back as they are, in both paths, as int64."""
+    segmenter = Segmenter(grounder, SMALL, device="cpu")
+    texts = [f"thing {i}" for i in range(300)]
+    [bounded] = segmenter.segment(_image(64, 64), texts, with_probabilities=False, background_threshold=None)
+    [full] = segmenter.segment(_image(64, 64), texts, background_threshold=None)
+    assert bounded.labels.dtype == full.labels.dtype == np.int64
+    assert np.array_equal(bounded.labels, full.labels) and np.array_equal(full.labels, full.probabilities.argmax(axis=0))
+    assert bounded.labels.max() > 255, np.unique(bounded.labels)

@@ -310,7 +310,8 @@ BODY_MIB = 400
 
 def test_a_chunked_upload_over_the_limit_is_refused_while_it_streams(service):
     """A body with no Content-Length, far over the limit (1 MiB here): refused once the limit is
-    passed, without the replica or the proxy holding it; the service answers the next request.
+    passed, with the replica and the proxy holding less than half of it; the service answers the
+    next request.
 
     Both hold what arrived before the 413 went out (Serve moves the body to the replica in the
     background: serve/README.md), which is a matter of timing, not of the body's size: 74-91 MiB
