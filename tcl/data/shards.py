@@ -186,11 +186,14 @@ def resolve_columns(
     """The (image, caption) column names of the shards at ``uri``, checked against the first file."""
     first = find_shard_files(uri, endpoint_url=endpoint_url)[0]
     fs, path = storage.resolve(first, endpoint_url=endpoint_url)
-    names = pq.read_schema(path, filesystem=fs).names
-    return (
-        pick_column(names, image_column, DEFAULT_IMAGE_COLUMNS, "image", first),
-        pick_column(names, caption_column, DEFAULT_CAPTION_COLUMNS, "caption", first),
-    )
+    return image_and_caption_columns(pq.read_schema(path, filesystem=fs).names, image_column, caption_column, first)
+
+
+def image_and_caption_columns(names: Sequence[str], image_column: str | None, caption_column: str | None,
+                              where: str) -> tuple[str, str]:
+    """(image, caption) columns among a file's `names`: the ones named, checked, else the defaults."""
+    return (pick_column(names, image_column, DEFAULT_IMAGE_COLUMNS, "image", where),
+            pick_column(names, caption_column, DEFAULT_CAPTION_COLUMNS, "caption", where))
 
 
 def reason_category(reason: str) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from tcl import storage
-from tcl.data.shards import DEFAULT_CAPTION_COLUMNS, DEFAULT_IMAGE_COLUMNS, ImageTextTransform, find_shard_files, pick_column
+from tcl.data.shards import ImageTextTransform, find_shard_files, image_and_caption_columns
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,9 +47,7 @@ def list_row_groups(uri: str, endpoint_url: str | None = None, image_column: str
 
     with ThreadPoolExecutor(max(1, min(threads, len(paths)))) as pool:
         footers = list(pool.map(footer, paths))
-    names = footers[0].schema.to_arrow_schema().names
-    columns = (pick_column(names, image_column, DEFAULT_IMAGE_COLUMNS, "image", files[0]),
-               pick_column(names, caption_column, DEFAULT_CAPTION_COLUMNS, "caption", files[0]))
+    columns = image_and_caption_columns(footers[0].schema.to_arrow_schema().names, image_column, caption_column, files[0])
     groups = [[RowGroup(path, i, metadata.row_group(i).num_rows) for i in range(metadata.num_row_groups)]
               for path, metadata in zip(paths, footers)]
     return filesystem, groups, columns
