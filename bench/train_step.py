@@ -190,6 +190,14 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    def timed_step() -> float:
+        """Seconds of one uninstrumented end-to-end step."""
+        sync()
+        start = time.perf_counter()
+        train_step(model, optimizer, images, tokens, autocast, grad_clip)
+        sync()
+        return time.perf_counter() - start
+
     timer = StepTimer(device)
     instrument(model, timer)
     # Warm-up (allocator, kernels, optimizer state). Its losses, from the same seed and inputs, let an
@@ -199,11 +207,7 @@ def main() -> None:
     end_to_end, instrumented, parts = [], [], defaultdict(list)
     for _ in range(args.steps):  # interleaved, so a change of load on the machine hits both kinds alike
         timer.enabled = False
-        sync()
-        start = time.perf_counter()
-        train_step(model, optimizer, images, tokens, autocast, grad_clip)
-        sync()
-        end_to_end.append(time.perf_counter() - start)
+        end_to_end.append(timed_step())
 
         timer.enabled = True
         timer.reset()
@@ -252,20 +256,10 @@ def main() -> None:
     forward_compile = time.perf_counter() - start
     print("losses of one forward pass, eager | compiled: " + " ".join(
         f"{k} {eager_losses[k].item():.5f} | {compiled_losses[k].item():.5f}" for k in eager_losses))
-    sync()
-    start = time.perf_counter()
-    train_step(model, optimizer, images, tokens, autocast, grad_clip)  # the backward graphs compile here
-    sync()
+    first_step = timed_step()  # the backward graphs compile here
     print(f"{len(blocks)} blocks compiled: first forward pass (compiling) {forward_compile:.1f} s, first step "
-          f"(compiling the rest) {time.perf_counter() - start:.1f} s")
-    compiled = []
-    for _ in range(args.steps):
-        sync()
-        start = time.perf_counter()
-        train_step(model, optimizer, images, tokens, autocast, grad_clip)
-        sync()
-        compiled.append(time.perf_counter() - start)
-    compiled_step = float(np.median(compiled))
+          f"(compiling the rest) {first_step:.1f} s")
+    compiled_step = float(np.median([timed_step() for _ in range(args.steps)]))
     print(f"end-to-end step, compiled blocks: {1000 * compiled_step:.1f} ms against {1000 * step:.1f} eager "
           f"-> {step / compiled_step:.2f}x the eager samples/s")
     report_rate("compiled blocks", batch / compiled_step, device)
