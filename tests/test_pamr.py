@@ -41,7 +41,9 @@ def test_masks_keep_their_resolution_and_image_is_resized():
 
 def direct_pamr(image: torch.Tensor, masks: torch.Tensor, iterations: int = 10, dilations=(1, 2, 4, 8, 12, 24)) -> torch.Tensor:
     """PAMR from its definition, by clamped indices (what replicate padding means), in float64:
-    the official code's terms (kakaobrain/tcl's PAMR, from Araslanov & Roth): local std over the 3x3
+    the official code's terms (models/tcl/pamr.py of the TCL code, from visinf/1-stage-wseg: LocalStDev,
+    LocalAffinityAbs, LocalAffinityCopy, PAMR.forward; apply_pamr in models/tcl/tcl.py resizes the
+    image to the masks, bilinear with align_corners=True): local std over the 3x3
     neighbourhood incl. the centre at every dilation, -|I_i - I_j| / (1e-8 + 0.1 std) averaged over
     the colour channels, softmax over the 8 x dilations neighbours, then `iterations` weighted averages."""
     height, width = masks.shape[-2:]
